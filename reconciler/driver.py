@@ -1,0 +1,119 @@
+"""The driver interface and how drivers are found.
+
+A driver acts on and observes processes; it decides nothing. Drivers are
+plugins registered under the entry-point group ``reconciler.drivers``; the core
+never imports a driver module by name. Every verb is idempotent: starting a
+unit whose handle is alive with the same spec hash returns that handle,
+stopping an absent unit is success. Restart is stop-then-start, composed by the
+core.
+"""
+
+from __future__ import annotations
+
+import abc
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import attrs
+
+from .errors import DriverUnavailable
+from .model import Handle, Observation, Spec
+
+ENTRY_POINT_GROUP = "reconciler.drivers"
+
+
+@attrs.frozen
+class Launch:
+    """Everything a driver needs to start a unit: the spec and where its output goes."""
+
+    spec: Spec
+    stdout_path: Path
+    stderr_path: Path
+
+
+class Driver(abc.ABC):
+    """One way of running processes (posix fork/exec, systemd-run, launchd, Job Objects)."""
+
+    name: str = ""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    @classmethod
+    def available(cls) -> str | None:
+        """None if this driver can run here, else the reason it cannot."""
+        return None
+
+    @abc.abstractmethod
+    async def start(self, launch: Launch) -> Handle:
+        """Start the unit and return once its process is confirmed to exist (exec'd).
+
+        Raises DriverError (transient or permanent) when it cannot.
+        """
+
+    @abc.abstractmethod
+    async def stop(self, handle: Handle, signal: int, timeout: float) -> Observation:
+        """Send `signal` to the unit's whole process tree, wait up to `timeout`, then kill.
+
+        Returns the observation after the stop (normally EXITED). Success if already gone.
+        """
+
+    @abc.abstractmethod
+    async def observe(self, handles: Iterable[Handle]) -> Mapping[str, Observation]:
+        """Ask the OS about each handle (keyed by unit name). Never answers from memory."""
+
+    @abc.abstractmethod
+    async def wait(self, handle: Handle) -> None:
+        """Return when the unit's process has exited (event-driven, no polling loop).
+
+        Returns at once if it is already gone. Cancellation must be safe.
+        """
+
+    def signal(self, handle: Handle, signal: int) -> bool:
+        """Send a signal to the unit's main process if its identity still matches."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release OS resources (pidfds, bus connections). Units keep running."""
+
+
+def driver_names() -> list[str]:
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def load_driver_class(name: str) -> type[Driver]:
+    """Find a driver class by its entry-point name."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            cls = ep.load()
+            if not (isinstance(cls, type) and issubclass(cls, Driver)):
+                raise DriverUnavailable(f"driver {name!r}: entry point {ep.value} is not a Driver")
+            return cls
+    known = ", ".join(driver_names()) or "none"
+    raise DriverUnavailable(f"driver {name!r} is not installed (installed: {known})")
+
+
+def resolve_driver(name: str, state_dir: Path) -> Driver:
+    """Instantiate the named driver, or for "auto" the first available by preference."""
+    candidates = AUTO_ORDER if name == "auto" else (name,)
+    reasons = []
+    for candidate in candidates:
+        try:
+            cls = load_driver_class(candidate)
+        except DriverUnavailable as exc:
+            if name != "auto":
+                raise
+            reasons.append(str(exc))
+            continue
+        why_not = cls.available()
+        if why_not is None:
+            return cls(state_dir)
+        if name != "auto":
+            raise DriverUnavailable(f"driver {name!r} cannot run here: {why_not}")
+        reasons.append(f"{candidate}: {why_not}")
+    raise DriverUnavailable("no driver can run here: " + "; ".join(reasons))
+
+
+# "auto" prefers the embedded posix driver: it needs nothing but the kernel.
+AUTO_ORDER = ("posix", "launchd", "windows")

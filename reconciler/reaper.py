@@ -1,0 +1,85 @@
+"""Reaping children: the shims we spawn and, as subreaper or PID 1, every orphan.
+
+One owner for `waitpid(-1)`: nothing else in the reconciler waits on children
+(no `subprocess`, no asyncio child watcher), so no exit status is stolen.
+Short-lived helper commands (exec health checks) go through `run_command`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+import anyio
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants reparent to us (Linux), so we can reap them."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+class Reaper:
+    """Collects exit statuses on SIGCHLD; hands them to whoever awaits that pid."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, anyio.Event] = {}
+        self._status: dict[int, int] = {}
+
+    async def run(self) -> None:
+        """Reap until cancelled. Start it before spawning anything."""
+        with anyio.open_signal_receiver(signal.SIGCHLD) as signals:
+            self.reap_all()
+            async for _ in signals:
+                self.reap_all()
+
+    def reap_all(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            event = self._waiting.get(pid)
+            if event is not None:
+                self._status[pid] = status
+                event.set()
+
+    async def run_command(
+        self, argv: list[str], *, timeout: float, cwd: str | None = None, env: dict[str, str] | None = None
+    ) -> int | None:
+        """Run a short command with output discarded; its exit code, or None on timeout.
+
+        Raises OSError when it cannot be spawned.
+        """
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            pid = os.posix_spawnp(
+                argv[0],
+                argv,
+                os.environ if env is None else env,
+                file_actions=[(os.POSIX_SPAWN_DUP2, devnull, fd) for fd in (0, 1, 2)],
+                setpgroup=0,
+            )
+        finally:
+            os.close(devnull)
+        event = self._waiting[pid] = anyio.Event()
+        try:
+            with anyio.move_on_after(timeout):
+                await event.wait()
+            if not event.is_set():
+                os.killpg(pid, signal.SIGKILL)
+                with anyio.CancelScope(shield=True):
+                    await event.wait()
+                return None
+            return os.waitstatus_to_exitcode(self._status.pop(pid))
+        finally:
+            self._waiting.pop(pid, None)
+            self._status.pop(pid, None)
