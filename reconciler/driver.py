@@ -117,3 +117,43 @@ def resolve_driver(name: str, state_dir: Path) -> Driver:
 
 # "auto" prefers the embedded posix driver: it needs nothing but the kernel.
 AUTO_ORDER = ("posix", "launchd", "windows")
+
+
+class DriverSet:
+    """The drivers in use, resolved lazily: each spec may name its own, "auto" means the default."""
+
+    def __init__(self, state_dir: Path, default: str = "auto") -> None:
+        self.state_dir = state_dir
+        self.default = default
+        self._by_name: dict[str, Driver] = {}
+
+    def get(self, name: str) -> Driver:
+        """The driver for a spec's or handle's driver name. Raises DriverUnavailable."""
+        key = self.default if name == "auto" else name
+        driver = self._by_name.get(key)
+        if driver is None:
+            driver = resolve_driver(key, self.state_dir)
+            self._by_name[key] = self._by_name[driver.name] = driver
+        return driver
+
+    async def observe(self, handles: Iterable[Handle]) -> dict[str, Observation]:
+        """Observe handles with their own drivers; an unavailable driver yields UNKNOWN."""
+        from .model import ProcessState
+
+        groups: dict[str, list[Handle]] = {}
+        for handle in handles:
+            groups.setdefault(handle.driver, []).append(handle)
+        observed: dict[str, Observation] = {}
+        for name, group in groups.items():
+            try:
+                driver = self.get(name)
+            except DriverUnavailable as exc:
+                observed.update({h.unit: Observation(ProcessState.UNKNOWN, pid=h.pid, message=str(exc)) for h in group})
+                continue
+            observed.update(await driver.observe(group))
+        return observed
+
+    async def aclose(self) -> None:
+        for driver in set(self._by_name.values()):
+            await driver.aclose()
+        self._by_name.clear()
