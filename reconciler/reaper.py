@@ -15,6 +15,8 @@ import sys
 import anyio
 
 PR_SET_CHILD_SUBREAPER = 36
+# `sh -c SCRIPT sh DIR ARGV...`: cd into DIR, then exec ARGV there (same pid, same group).
+_IN_DIRECTORY = ("/bin/sh", "-c", 'cd -- "$1" && shift && exec "$@"', "sh")
 
 
 def become_subreaper() -> bool:
@@ -57,8 +59,13 @@ class Reaper:
     ) -> int | None:
         """Run a short command with output discarded; its exit code, or None on timeout.
 
-        Raises OSError when it cannot be spawned.
+        Raises OSError when it cannot be spawned. With `cwd`, the command runs under
+        a tiny /bin/sh that changes directory first (posix_spawn has no chdir action
+        in Python 3.11), so a missing command or directory shows as a non-zero exit
+        code (127, 2) rather than OSError.
         """
+        if cwd is not None:
+            argv = [*_IN_DIRECTORY, cwd, *argv]
         devnull = os.open(os.devnull, os.O_RDWR)
         try:
             pid = os.posix_spawnp(
