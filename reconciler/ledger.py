@@ -1,0 +1,282 @@
+"""The status ledger: what the reconciler remembers between passes and restarts.
+
+One SQLite file in WAL mode, so `reconciler status` can read while the daemon
+writes, and a busy timeout so a CLI process (`reconciler restart`) and the
+daemon can both write. The process is the truth; the ledger only keeps the
+handles to find it again and the history the planner needs.
+
+All methods are synchronous and serialised by a lock: the loop calls them from
+worker threads, never two at once on one connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import urllib.parse
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import attrs
+import orjson
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from .model import Handle, Health, Spec, UnitRecord, UnitState, spec_from_dict, spec_to_dict
+
+# Long enough to outlast any one write of the other process (a pass saves
+# thousands of rows in well under a second); short enough to report a wedged peer.
+BUSY_TIMEOUT_SECONDS = 10.0
+
+MIGRATIONS = Migrations("reconciler.ledger")
+
+
+@MIGRATIONS(name="0001_initial")
+def _initial_schema(db: Database) -> None:
+    # Spelled out rather than derived from UnitRecord: a migration is frozen in time.
+    db["units"].create(
+        {
+            "name": str,
+            "spec": str,  # JSON of model.spec_to_dict
+            "handle": str,  # JSON of Handle.to_json
+            "desired": str,
+            "state": str,
+            "pid": int,
+            "started_at": float,
+            "restarts": int,
+            "failures": int,
+            "exit_code": int,
+            "exit_signal": int,
+            "exited_at": float,
+            "next_retry_at": float,
+            "health": str,
+            "health_failures": int,
+            "health_checked_at": float,
+            "message": str,
+            "restart_token": str,
+            "updated_at": float,
+        },
+        pk="name",
+        not_null={"desired", "state", "restarts", "failures", "health", "health_failures", "message"},
+    )
+    db["restart_requests"].create({"name": str, "token": str, "requested_at": float}, pk="name")
+    # Single-row tables (id = 1): the latest pass, and the daemon that wrote last.
+    db["last_pass"].create(
+        {"id": int, "started_at": float, "finished_at": float, "actions": int, "errors": int}, pk="id"
+    )
+    db["reconciler"].create(
+        {
+            "id": int,
+            "pid": int,
+            "version": str,
+            "specs_dir": str,
+            "state_dir": str,
+            "started_at": float,
+            "running": int,
+        },
+        pk="id",
+    )
+
+
+class SpecMemo:
+    """Spec <-> JSON text, remembered per unit name.
+
+    Serialising a Spec costs far more than the SQL around it; specs are frozen
+    and the loop hands the same Spec objects back pass after pass, so an
+    identity (or text) match reuses the last conversion.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[Spec, str]] = {}
+
+    def to_text(self, name: str, spec: Spec) -> str:
+        last = self._last.get(name)
+        if last is not None and last[0] is spec:
+            return last[1]
+        text = orjson.dumps(spec_to_dict(spec)).decode()
+        self._last[name] = (spec, text)
+        return text
+
+    def from_text(self, name: str, text: str) -> Spec:
+        last = self._last.get(name)
+        if last is not None and last[1] == text:
+            return last[0]
+        spec = spec_from_dict(orjson.loads(text))
+        self._last[name] = (spec, text)
+        return spec
+
+    def forget(self, name: str) -> None:
+        self._last.pop(name, None)
+
+
+def record_to_row(record: UnitRecord, specs: SpecMemo) -> dict[str, Any]:
+    """A UnitRecord as a `units` row: spec and handle as JSON text, enums by value."""
+    row = attrs.asdict(record, recurse=False)
+    row["spec"] = None if record.spec is None else specs.to_text(record.name, record.spec)
+    row["handle"] = None if record.handle is None else orjson.dumps(record.handle.to_json()).decode()
+    row["state"] = record.state.value
+    row["health"] = record.health.value
+    return row
+
+
+def record_from_row(row: dict[str, Any], specs: SpecMemo) -> UnitRecord:
+    """The inverse of `record_to_row`."""
+    name = row["name"]
+    return UnitRecord(
+        **{
+            **row,
+            "spec": None if row["spec"] is None else specs.from_text(name, row["spec"]),
+            "handle": None if row["handle"] is None else Handle.from_json(orjson.loads(row["handle"])),
+            "state": UnitState(row["state"]),
+            "health": Health(row["health"]),
+        }
+    )
+
+
+class Ledger:
+    """The ledger file, opened for reading and writing (creating it and its schema if needed)."""
+
+    def __init__(self, path: Path, *, _readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = _readonly
+        self._lock = threading.Lock()
+        self._specs = SpecMemo()
+        if _readonly:
+            uri = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
+        self._db = Database(conn, execute_plugins=False)
+        if not _readonly:
+            self._db.enable_wal()
+            # Safe in WAL mode (no corruption on power loss, at worst the last
+            # commits are lost) and it spares an fsync per pass.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            with self._transaction():
+                MIGRATIONS.apply(self._db)
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> "Ledger | None":
+        """The ledger for `status` and friends: None if there is none yet (nothing is created)."""
+        if not Path(path).is_file():
+            return None
+        return cls(path, _readonly=True)
+
+    # --- units -----------------------------------------------------------------
+
+    def units(self) -> dict[str, UnitRecord]:
+        return {row["name"]: record_from_row(row, self._specs) for row in self._select("units")}
+
+    def save(self, records: Iterable[UnitRecord]) -> None:
+        """Upsert the records in one transaction (one commit for the whole pass)."""
+        rows = [record_to_row(record, self._specs) for record in records]
+        if not rows:
+            return
+        with self._transaction() as db:
+            db["units"].upsert_all(rows, pk="name")
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Drop units and their pending restart requests (a unit re-added later starts clean)."""
+        keys = [(name,) for name in names]
+        if not keys:
+            return
+        with self._transaction() as db:
+            db.conn.executemany("DELETE FROM units WHERE name = ?", keys)
+            db.conn.executemany("DELETE FROM restart_requests WHERE name = ?", keys)
+            for (name,) in keys:
+                self._specs.forget(name)
+
+    # --- restart requests ------------------------------------------------------
+
+    def request_restart(self, name: str, token: str, at: float) -> None:
+        """Record a restart request; the planner carries it out once (token != record.restart_token)."""
+        with self._transaction() as db:
+            db["restart_requests"].upsert({"name": name, "token": token, "requested_at": at}, pk="name")
+
+    def restart_requests(self) -> dict[str, str]:
+        return {row["name"]: row["token"] for row in self._select("restart_requests")}
+
+    # --- the reconciler itself -------------------------------------------------
+
+    def record_pass(self, started_at: float, finished_at: float, actions: int, errors: int) -> None:
+        row = {"id": 1, "started_at": started_at, "finished_at": finished_at, "actions": actions, "errors": errors}
+        with self._transaction() as db:
+            db["last_pass"].upsert(row, pk="id")
+
+    def last_pass(self) -> dict[str, Any] | None:
+        """{started_at, finished_at (epoch seconds), actions, errors} of the latest pass, or None."""
+        rows = self._select("last_pass")
+        if not rows:
+            return None
+        row = rows[0]
+        del row["id"]
+        return row
+
+    def set_reconciler(
+        self,
+        pid: int,
+        version: str,
+        specs_dir: str | Path,
+        state_dir: str | Path,
+        started_at: float,
+        running: bool,
+    ) -> None:
+        row = {
+            "id": 1,
+            "pid": pid,
+            "version": version,
+            "specs_dir": str(specs_dir),
+            "state_dir": str(state_dir),
+            "started_at": started_at,
+            "running": int(running),
+        }
+        with self._transaction() as db:
+            db["reconciler"].upsert(row, pk="id")
+
+    def reconciler(self) -> dict[str, Any] | None:
+        """The daemon as it last described itself; `running` is as of that write, not checked."""
+        rows = self._select("reconciler")
+        if not rows:
+            return None
+        row = rows[0]
+        del row["id"]
+        row["running"] = bool(row["running"])
+        return row
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- plumbing --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Database]:
+        """One write transaction, taking the write lock up front.
+
+        BEGIN IMMEDIATE makes a busy peer wait out the busy timeout at the
+        start; a deferred BEGIN that reads first could fail mid-way instead.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.rollback()
+                raise
+            self._db.commit()
+
+    def _select(self, table: str) -> list[dict[str, Any]]:
+        """All rows of a table; none if the table does not exist yet (a read-only
+        ledger opened before the daemon created the schema)."""
+        with self._lock:
+            if not self._db.table(table).exists():
+                return []
+            return list(self._db.query(f"SELECT * FROM [{table}]"))

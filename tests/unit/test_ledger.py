@@ -1,0 +1,365 @@
+"""The ledger: round trips, one transaction per save, and sharing the file between processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import attrs
+import pytest
+
+from reconciler.ledger import Ledger
+from reconciler.model import (
+    Handle,
+    Health,
+    HealthCheck,
+    HealthType,
+    LogSettings,
+    OnUnhealthy,
+    Resources,
+    RestartPolicy,
+    RestartSettings,
+    Spec,
+    StopSettings,
+    UnitRecord,
+    UnitState,
+)
+
+
+@pytest.fixture
+def ledger_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "ledger.db"
+
+
+@pytest.fixture
+def ledger(ledger_path: Path):
+    with Ledger(ledger_path) as opened:
+        yield opened
+
+
+@pytest.fixture
+def processes():
+    """Processes a test starts; killed (whole group) if still alive at teardown."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def full_spec(name: str = "web") -> Spec:
+    """A spec with every section away from its defaults."""
+    return Spec(
+        name=name,
+        command=("python3", "-m", "http.server", "8080"),
+        cwd="/srv/web",
+        path=f"/srv/specs/{name}.toml",
+        env={"PYTHONUNBUFFERED": "1", "LANG": "C"},
+        enabled=False,
+        driver="posix",
+        depends_on=("db", "cache"),
+        user="www-data",
+        group="www-data",
+        restart=RestartSettings(RestartPolicy.ON_FAILURE, 0.25, 60.0, 5.0, 3),
+        stop=StopSettings(signal.SIGINT, 2.5),
+        health=HealthCheck(
+            type=HealthType.EXEC,
+            command=("pg_isready", "-q"),
+            interval=1.5,
+            timeout=0.5,
+            retries=2,
+            start_period=3.0,
+            on_unhealthy=OnUnhealthy.IGNORE,
+        ),
+        logs=LogSettings(max_size=1024, keep=2, compress=True),
+        resources=Resources(memory_max=512 * 1024 * 1024, cpu_quota=0.5),
+    )
+
+
+def full_record(name: str = "web") -> UnitRecord:
+    """A record with no field left at its default."""
+    spec = full_spec(name)
+    return UnitRecord(
+        name=name,
+        spec=spec,
+        handle=Handle(
+            driver="posix",
+            unit=name,
+            spec_hash=spec.process_hash,
+            pid=4300,
+            started_at=1795456800.125,
+            data={"boot_id": "abc", "start_ticks": 123456, "shim": {"pid": 4299, "argv": ["a", "b"]}},
+        ),
+        desired="stopped",
+        state=UnitState.BACKOFF,
+        pid=4300,
+        started_at=1795456800.125,
+        restarts=7,
+        failures=2,
+        exit_code=3,
+        exit_signal=9,
+        exited_at=1795456801.5,
+        next_retry_at=1795456802.75,
+        health=Health.UNHEALTHY,
+        health_failures=4,
+        health_checked_at=1795456801.0,
+        message="exited with code 3",
+        restart_token="tok-1",
+        updated_at=1795456801.5,
+    )
+
+
+def test_every_record_field_differs_from_its_default_in_the_fixture():
+    defaults = UnitRecord(name="web")
+    record = full_record()
+    same = [f.name for f in attrs.fields(UnitRecord) if getattr(record, f.name) == getattr(defaults, f.name)]
+    assert same == ["name"]
+
+
+def test_a_full_record_survives_save_and_load(ledger: Ledger, ledger_path: Path):
+    record = full_record()
+    ledger.save([record])
+    with Ledger(ledger_path) as reopened:
+        loaded = reopened.units()["web"]
+    assert loaded == record
+    assert loaded.spec.health.command == ("pg_isready", "-q")
+    assert loaded.spec.stop.signal is signal.SIGINT
+    assert loaded.state is UnitState.BACKOFF and loaded.health is Health.UNHEALTHY
+    assert loaded.spec.process_hash == record.spec.process_hash
+    assert loaded.spec.content_hash == record.spec.content_hash
+
+
+def test_a_bare_record_with_none_values_survives(ledger: Ledger, ledger_path: Path):
+    record = UnitRecord(name="bare")
+    ledger.save([record])
+    with Ledger(ledger_path) as reopened:
+        assert reopened.units() == {"bare": record}
+
+
+def test_the_units_table_has_a_column_for_every_record_field(ledger: Ledger, ledger_path: Path):
+    conn = sqlite3.connect(ledger_path)
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(units)")}
+    finally:
+        conn.close()
+    assert columns == {f.name for f in attrs.fields(UnitRecord)}
+
+
+def test_save_replaces_and_forget_removes(ledger: Ledger):
+    first = full_record("web")
+    ledger.save([first, UnitRecord(name="db")])
+    changed = attrs.evolve(first, state=UnitState.RUNNING, handle=None, spec=None, message="")
+    ledger.save([changed])
+    assert ledger.units() == {"web": changed, "db": UnitRecord(name="db")}
+    ledger.forget(["web", "never-was"])
+    assert set(ledger.units()) == {"db"}
+
+
+def test_forget_drops_pending_restart_requests(ledger: Ledger):
+    ledger.save([UnitRecord(name="web"), UnitRecord(name="db")])
+    ledger.request_restart("web", "t1", 10.0)
+    ledger.request_restart("db", "t2", 11.0)
+    ledger.forget(["web"])
+    assert ledger.restart_requests() == {"db": "t2"}
+
+
+def test_a_thousand_records_are_saved_in_one_transaction(ledger: Ledger):
+    records = [attrs.evolve(full_record(f"unit-{i}"), pid=i) for i in range(1000)]
+    statements: list[str] = []
+    ledger._db.conn.set_trace_callback(statements.append)
+    ledger.save(records)
+    ledger._db.conn.set_trace_callback(None)
+    verbs = [s.split()[0].upper() for s in statements]
+    assert verbs.count("BEGIN") == 1
+    assert verbs.count("COMMIT") == 1
+    assert "ROLLBACK" not in verbs
+    assert ledger.units() == {r.name: r for r in records}
+
+
+def test_a_failing_save_writes_nothing(ledger: Ledger):
+    ledger.save([UnitRecord(name="web", message="old")])
+    unserialisable = UnitRecord(
+        name="db",
+        handle=Handle(driver="posix", unit="db", spec_hash="x", pid=1, started_at=None, data={"bad": object()}),
+    )
+    with pytest.raises(TypeError):
+        ledger.save([UnitRecord(name="web", message="new"), unserialisable])
+    assert ledger.units() == {"web": UnitRecord(name="web", message="old")}
+
+
+def test_restart_requests_keep_the_latest_token(ledger: Ledger):
+    assert ledger.restart_requests() == {}
+    ledger.request_restart("web", "t1", 100.0)
+    ledger.request_restart("web", "t2", 101.0)
+    ledger.request_restart("db", "t3", 102.0)
+    assert ledger.restart_requests() == {"web": "t2", "db": "t3"}
+
+
+def test_last_pass_is_the_latest_recorded(ledger: Ledger):
+    assert ledger.last_pass() is None
+    ledger.record_pass(10.0, 10.5, 2, 0)
+    ledger.record_pass(20.0, 20.25, 0, 1)
+    assert ledger.last_pass() == {"started_at": 20.0, "finished_at": 20.25, "actions": 0, "errors": 1}
+
+
+def test_reconciler_info_round_trips(ledger: Ledger, tmp_path: Path):
+    assert ledger.reconciler() is None
+    ledger.set_reconciler(4242, "0.1.0", tmp_path / "specs", str(tmp_path / "state"), 1000.5, True)
+    ledger.set_reconciler(4242, "0.1.0", tmp_path / "specs", str(tmp_path / "state"), 1000.5, False)
+    assert ledger.reconciler() == {
+        "pid": 4242,
+        "version": "0.1.0",
+        "specs_dir": str(tmp_path / "specs"),
+        "state_dir": str(tmp_path / "state"),
+        "started_at": 1000.5,
+        "running": False,
+    }
+
+
+def test_reopening_applies_the_schema_once(ledger_path: Path):
+    Ledger(ledger_path).close()
+    with Ledger(ledger_path) as again:
+        again.save([UnitRecord(name="web")])
+    conn = sqlite3.connect(ledger_path)
+    try:
+        migrations = conn.execute("SELECT name FROM _sqlite_migrations").fetchall()
+        journal_mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        conn.close()
+    assert migrations == [("0001_initial",)]
+    assert journal_mode == "wal"
+
+
+def test_open_readonly_creates_nothing(tmp_path: Path):
+    path = tmp_path / "state" / "ledger.db"
+    assert Ledger.open_readonly(path) is None
+    assert not path.parent.exists()
+
+
+def test_readonly_sees_nothing_before_the_schema_exists(tmp_path: Path):
+    path = tmp_path / "ledger.db"
+    sqlite3.connect(path).close()  # an empty database file, as a daemon creating it leaves it
+    with Ledger.open_readonly(path) as readonly:
+        assert readonly.units() == {}
+        assert readonly.restart_requests() == {}
+        assert readonly.last_pass() is None
+        assert readonly.reconciler() is None
+
+
+def test_readonly_cannot_write(ledger: Ledger, ledger_path: Path):
+    with Ledger.open_readonly(ledger_path) as readonly:
+        with pytest.raises(sqlite3.OperationalError):
+            readonly.save([UnitRecord(name="web")])
+    assert ledger.units() == {}
+
+
+def test_readonly_reads_committed_state_while_a_writer_holds_a_transaction(ledger: Ledger, ledger_path: Path):
+    ledger.save([UnitRecord(name="web", message="committed")])
+    writer = sqlite3.connect(ledger_path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE units SET message = 'in flight'")
+        writer.execute("INSERT INTO restart_requests VALUES ('web', 't', 1.0)")
+        with Ledger.open_readonly(ledger_path) as readonly:
+            assert readonly.units()["web"].message == "committed"
+            assert readonly.restart_requests() == {}
+            writer.execute("COMMIT")
+            assert readonly.units()["web"].message == "in flight"
+            assert readonly.restart_requests() == {"web": "t"}
+    finally:
+        writer.close()
+
+
+def test_readonly_works_after_the_writer_closed(ledger_path: Path):
+    with Ledger(ledger_path) as writer:
+        writer.save([full_record()])
+    with Ledger.open_readonly(ledger_path) as readonly:
+        assert readonly.units() == {"web": full_record()}
+
+
+def test_a_write_waits_for_another_writer_instead_of_failing(ledger: Ledger, ledger_path: Path):
+    other = sqlite3.connect(ledger_path, isolation_level=None)
+    outcome: list[BaseException | None] = []
+
+    def request() -> None:
+        try:
+            ledger.request_restart("web", "cli-token", 5.0)
+        except BaseException as exc:  # handed to the test thread, which re-raises it
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO units (name, desired, state, restarts, failures, health, health_failures, message)"
+                      " VALUES ('db', 'running', 'unknown', 0, 0, 'none', 0, '')")
+        thread = threading.Thread(target=request)
+        thread.start()
+        other.execute("COMMIT")
+        thread.join(timeout=15)
+    finally:
+        other.close()
+    assert not thread.is_alive()
+    assert outcome == [None]
+    assert ledger.restart_requests() == {"web": "cli-token"}
+    assert set(ledger.units()) == {"db"}
+
+
+def test_methods_work_from_worker_threads(ledger: Ledger):
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            for round_ in range(20):
+                ledger.save([UnitRecord(name=f"t{index}", restarts=round_)])
+                ledger.units()
+        except BaseException as exc:  # handed to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert {name: r.restarts for name, r in ledger.units().items()} == {f"t{i}": 19 for i in range(4)}
+
+
+WRITER_PROCESS = """
+import sys
+from pathlib import Path
+from reconciler.ledger import Ledger
+with Ledger(Path(sys.argv[1])) as ledger:
+    print("ready", flush=True)
+    for i in range(int(sys.argv[2])):
+        ledger.request_restart(f"u{i % 7}", f"token-{i}", float(i))
+"""
+
+
+def test_a_daemon_and_a_cli_process_write_at_once(ledger_path: Path, processes):
+    rounds = 300
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER_PROCESS, str(ledger_path), str(rounds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    processes.append(proc)
+    with Ledger(ledger_path) as daemon:
+        assert proc.stdout.readline().strip() == "ready"
+        saved, deadline = 0, time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            daemon.save([UnitRecord(name=f"u{i}", restarts=saved) for i in range(50)])
+            saved += 1
+        assert proc.wait(timeout=30) == 0
+        assert len(daemon.units()) == 50
+        tokens = daemon.restart_requests()
+    last = {f"u{i % 7}": f"token-{i}" for i in range(rounds)}
+    assert tokens == last
