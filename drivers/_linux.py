@@ -1,0 +1,163 @@
+"""Process facts read straight from the Linux kernel: /proc files and pidfds.
+
+Every function asks the kernel at the moment it is called; nothing here
+remembers whether a process runs. Boot id and boot time are constant for the
+life of this process (a reboot ends it), so they are read once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import os
+import select
+import struct
+
+import attrs
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+# struct pidfd_info (include/uapi/linux/pidfd.h): 64 bytes in its first version.
+_PIDFD_INFO_SIZE = 64
+_PIDFD_INFO_EXIT = 1 << 3
+_PIDFD_INFO_EXIT_CODE_OFFSET = 60
+# _IOWR(PIDFS_IOCTL_MAGIC=0xFF, 11, struct pidfd_info)
+PIDFD_GET_INFO = (3 << 30) | (_PIDFD_INFO_SIZE << 16) | (0xFF << 8) | 11
+
+
+@attrs.frozen
+class ProcStat:
+    """The fields of /proc/PID/stat the driver needs (see proc_pid_stat(5))."""
+
+    pid: int
+    state: str  # "R", "S", "Z", ...
+    pgid: int
+    sid: int
+    start_ticks: int  # field 22: start time after boot, in clock ticks
+    exit_status: int  # field 52: wait status of a zombie; 0 unless can_read_exit_status()
+
+    @property
+    def zombie(self) -> bool:
+        return self.state in ("Z", "X")
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """/proc/PID/stat parsed, or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm (field 2) may hold spaces and parentheses: the fields after it start past the last ")".
+    rest = raw[raw.rindex(b")") + 2 :].split()
+    return ProcStat(
+        pid=pid,
+        state=rest[0].decode(),
+        pgid=int(rest[2]),
+        sid=int(rest[3]),
+        start_ticks=int(rest[19]),
+        exit_status=int(rest[49]) if len(rest) > 49 else 0,
+    )
+
+
+def can_read_exit_status() -> bool:
+    """The kernel shows a zombie's exit status only to those allowed to ptrace it: root always."""
+    return os.geteuid() == 0
+
+
+def read_cmdline(pid: int) -> bytes | None:
+    """The raw NUL-separated argv of a process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+@functools.cache
+def boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
+
+
+@functools.cache
+def boot_time() -> float:
+    """Epoch seconds of the boot (the `btime` line of /proc/stat)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    raise RuntimeError("/proc/stat has no btime line")
+
+
+def start_time(start_ticks: int) -> float:
+    """Epoch seconds at which a process started, from its start ticks."""
+    return boot_time() + start_ticks / CLOCK_TICKS
+
+
+def open_verified_pidfd(pid: int, start_ticks: int) -> int | None:
+    """A pidfd on `pid` if it is still the process that started at `start_ticks`.
+
+    The pidfd is opened first and the identity checked after: if the check
+    passes, the pidfd refers to that very process however the pid is reused later.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    stat = read_stat(pid)
+    if stat is None or stat.start_ticks != start_ticks:
+        os.close(fd)
+        return None
+    return fd
+
+
+def exited(fds: list[int]) -> set[int]:
+    """The pidfds among `fds` whose process has exited (one poll, no waiting)."""
+    if not fds:
+        return set()
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _ in poller.poll(0)}
+
+
+def pidfd_exit_status(pidfd: int) -> int | None:
+    """The exact wait status of an exited process, from the kernel (Linux >= 6.15).
+
+    None while the process lives or is an unreaped zombie, or when the kernel
+    does not know PIDFD_GET_INFO. Works for processes that are not our children.
+    """
+    buf = bytearray(_PIDFD_INFO_SIZE)
+    struct.pack_into("=Q", buf, 0, _PIDFD_INFO_EXIT)
+    try:
+        fcntl.ioctl(pidfd, PIDFD_GET_INFO, buf, True)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTTY, errno.EINVAL, errno.ESRCH, errno.EOPNOTSUPP):
+            return None
+        raise
+    (mask,) = struct.unpack_from("=Q", buf, 0)
+    if not mask & _PIDFD_INFO_EXIT:
+        return None
+    (status,) = struct.unpack_from("=i", buf, _PIDFD_INFO_EXIT_CODE_OFFSET)
+    return status
+
+
+def group_alive(pgid: int) -> bool:
+    """True while the process group has a member that is not a zombie.
+
+    Zombies are ignored: an orphan's zombie may wait long for a parent that reaps.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = read_stat(int(name))
+            if stat is not None and stat.pgid == pgid and not stat.zombie:
+                return True
+    return False

@@ -1,0 +1,199 @@
+"""Turning a Launch into a running shim: checks, log files, ids, and the spawn itself.
+
+Checks run before anything is spawned so that a spec that can never start
+fails with a permanent DriverError instead of a shim that dies at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import grp
+import os
+import pwd
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import attrs
+
+from reconciler.driver import Launch
+from reconciler.errors import DriverError
+from reconciler.model import Spec
+
+from . import _linux
+
+SHELL = "/bin/sh"
+SHIM = str(Path(__file__).with_name("shim.sh"))
+LOG_MODE = 0o640
+
+# Sets the ids of a user unit, then execs the shim. Python ignores SIGPIPE and
+# SIGXFSZ at start-up and ignored signals survive exec, so they are reset first.
+_LAUNCHER = """\
+import os, signal, sys
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+gid, uid, groups = sys.argv[1:4]
+os.setgroups([int(g) for g in groups.split(",") if g])
+if gid:
+    os.setresgid(int(gid), int(gid), int(gid))
+if uid:
+    os.setresuid(int(uid), int(uid), int(uid))
+os.execv(sys.argv[4], sys.argv[4:])
+"""
+
+
+@attrs.frozen
+class Ids:
+    """The credentials a user unit runs with; None fields are inherited."""
+
+    uid: int | None
+    gid: int | None
+    groups: tuple[int, ...]
+
+
+@attrs.frozen
+class Spawned:
+    """A freshly spawned shim: our child, pinned by a pidfd so it cannot be mistaken."""
+
+    pid: int
+    start_ticks: int
+    pidfd: int
+    report_fd: int  # read end of the pipe the shim reports the command's pid on
+    argv: tuple[str, ...]  # the shim's own argv, to recognise it in /proc/PID/cmdline
+
+    def close(self) -> None:
+        os.close(self.pidfd)
+        os.close(self.report_fd)
+
+
+def unit_environment(spec: Spec) -> dict[str, str]:
+    """The reconciler's environment overlaid with the spec's."""
+    return {**os.environ, **spec.env_dict}
+
+
+def check_cwd(spec: Spec) -> None:
+    if not os.path.isdir(spec.cwd):
+        raise DriverError(f"cwd: no such directory: {spec.cwd}", transient=False)
+
+
+def check_command(spec: Spec, env: dict[str, str]) -> None:
+    """argv[0] must resolve as the unit's shell will resolve it: on its PATH, or relative to its cwd."""
+    if not spec.command or not spec.command[0]:
+        raise DriverError("command: empty", transient=False)
+    program = spec.command[0]
+    if "/" in program:
+        path = os.path.join(spec.cwd, program)
+        found = os.path.isfile(path) and os.access(path, os.X_OK)
+    else:
+        found = shutil.which(program, path=env.get("PATH", os.defpath)) is not None
+    if not found:
+        raise DriverError(f"command not found: {program}", transient=False)
+
+
+def resolve_ids(spec: Spec) -> Ids | None:
+    """The uid/gid/groups for spec.user/spec.group, or None when neither is set."""
+    if spec.user is None and spec.group is None:
+        return None
+    if os.geteuid() != 0:
+        raise DriverError("user/group: the reconciler must run as root to change them", transient=False)
+    uid = gid = None
+    groups: tuple[int, ...] = ()
+    if spec.group is not None:
+        gid = _lookup(grp.getgrnam, grp.getgrgid, spec.group, "group").gr_gid
+    if spec.user is not None:
+        user = _lookup(pwd.getpwnam, pwd.getpwuid, spec.user, "user")
+        uid = user.pw_uid
+        gid = user.pw_gid if gid is None else gid
+        groups = tuple(os.getgrouplist(user.pw_name, gid))
+    return Ids(uid=uid, gid=gid, groups=groups)
+
+
+def _lookup(by_name, by_id, value: str, what: str):
+    try:
+        return by_name(value)
+    except KeyError:
+        pass
+    if value.isdigit():
+        try:
+            return by_id(int(value))
+        except KeyError:
+            pass
+    raise DriverError(f"{what}: unknown {what}: {value}", transient=False)
+
+
+def prepare_status_file(state_dir: Path, unit: str, ids: Ids | None) -> Path:
+    """STATE/run/<unit>/status; the directory belongs to the unit's user so its shim can write there."""
+    run_dir = state_dir / "run" / unit
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if ids is not None:
+        os.chown(run_dir, -1 if ids.uid is None else ids.uid, -1 if ids.gid is None else ids.gid)
+    return run_dir / "status"
+
+
+def shim_argv(status_file: Path, spec: Spec) -> tuple[str, ...]:
+    return (SHELL, SHIM, str(status_file), spec.cwd, *spec.command)
+
+
+def open_log(path: Path) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_MODE)
+    except OSError as exc:
+        raise DriverError(f"cannot open log file {path}: {exc.strerror}") from exc
+
+
+def spawn_shim(launch: Launch, argv: tuple[str, ...], env: dict[str, str], ids: Ids | None) -> Spawned:
+    """posix_spawn the shim in a new session: fd 0 the report pipe, 1 and 2 the logs.
+
+    The shim moves the pipe to fd 3 and opens /dev/null as stdin itself.
+    Every catchable signal is reset to default and none is blocked.
+    """
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    fds = [_above_stdio(write_fd)]
+    try:
+        fds.append(_above_stdio(open_log(launch.stdout_path)))
+        fds.append(_above_stdio(open_log(launch.stderr_path)))
+        path, spawn_argv = _program(argv, ids)
+        pid = os.posix_spawn(
+            path,
+            spawn_argv,
+            env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(fds, (0, 1, 2))],
+            setsid=True,
+            setsigmask=(),
+            setsigdef=set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP},
+        )
+    except OSError as exc:
+        os.close(read_fd)
+        raise DriverError(f"cannot spawn the shim: {exc}") from exc
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        for fd in fds:
+            os.close(fd)
+    # Our unreaped child: nothing can reap it before this line (no await since the spawn).
+    pidfd = os.pidfd_open(pid)
+    stat = _linux.read_stat(pid)
+    assert stat is not None, "a child we have not reaped always has a /proc entry"
+    os.set_blocking(read_fd, False)
+    return Spawned(pid=pid, start_ticks=stat.start_ticks, pidfd=pidfd, report_fd=read_fd, argv=argv)
+
+
+def _program(argv: tuple[str, ...], ids: Ids | None) -> tuple[str, list[str]]:
+    if ids is None:
+        return argv[0], list(argv)
+    groups = ",".join(map(str, ids.groups)) if ids.uid is not None else ""
+    launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER]
+    launcher += ["" if ids.gid is None else str(ids.gid), "" if ids.uid is None else str(ids.uid), groups]
+    return sys.executable, launcher + list(argv)
+
+
+def _above_stdio(fd: int) -> int:
+    """The same file at a descriptor >= 3: sources below 3 would be clobbered by the dup2s onto 0..2."""
+    if fd > 2:
+        return fd
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return new

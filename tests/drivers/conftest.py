@@ -1,0 +1,193 @@
+"""The driver test harness: one instance per driver this machine can run.
+
+Each test gets a `harness` running inside an anyio (asyncio) event loop with the
+core's Reaper task collecting children, a temporary state directory, and a
+finalizer that kills the process group of every unit and helper process the
+test started. Adding a driver to the behaviour suite is one line in KITS.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import anyio
+import attrs
+import pytest
+
+from reconciler.driver import Driver, Launch, driver_names, load_driver_class
+from reconciler.model import Handle, Spec
+from reconciler.reaper import Reaper
+
+
+def _posix_recycled(handle: Handle, pid: int, start_ticks: int) -> Handle:
+    """`handle` as if its process had started one tick before `pid`'s, pid and group leader alike."""
+    older = start_ticks - 1
+    data = {**handle.data, "start_ticks": older, "shim_pid": pid, "shim_start_ticks": older, "pgid": pid}
+    return attrs.evolve(handle, pid=pid, data=data)
+
+
+@attrs.frozen
+class Kit:
+    """What the suite needs to know about one driver beyond its public verbs."""
+
+    # Forge a handle whose pid now belongs to `pid` (a group leader that started at `start_ticks`).
+    recycled: Callable[[Handle, int, int], Handle]
+
+
+KITS: dict[str, Kit] = {
+    "posix": Kit(recycled=_posix_recycled),
+}
+
+
+def process_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3 onwards)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def process_start_ticks(pid: int) -> int | None:
+    fields = process_stat(pid)
+    return None if fields is None else int(fields[19])
+
+
+def process_alive(pid: int) -> bool:
+    """Alive and not a zombie (orphans' zombies may linger unreaped on this machine)."""
+    fields = process_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    with anyio.move_on_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.005)
+        return
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Harness:
+    def __init__(self, driver_name: str, root: Path) -> None:
+        self.driver_name = driver_name
+        self.driver_class = load_driver_class(driver_name)
+        self.root = root
+        self.state_dir = root / "state"
+        self.work = root / "work"
+        self.work.mkdir()
+        self.drivers: list[Driver] = []
+        self.driver = self.new_driver()
+        self._groups: set[int] = set()
+        self._pids: set[int] = set()
+        self._unrelated_ticks: dict[int, int] = {}
+
+    alive = staticmethod(process_alive)
+    start_ticks = staticmethod(process_start_ticks)
+    wait_until = staticmethod(wait_until)
+
+    def new_driver(self) -> Driver:
+        """Another instance on the same state directory, as after a reconciler restart."""
+        driver = self.driver_class(self.state_dir)
+        self.drivers.append(driver)
+        return driver
+
+    def spec(self, command: tuple[str, ...] | list[str], *, name: str = "unit", cwd: Path | None = None,
+             env: dict[str, str] | None = None, **fields) -> Spec:
+        return Spec(
+            name=name,
+            command=tuple(command),
+            cwd=str(cwd or self.work),
+            path=str(self.root / f"{name}.toml"),
+            env=env or {},
+            driver=self.driver_name,
+            **fields,
+        )
+
+    def launch(self, spec: Spec) -> Launch:
+        logs = self.state_dir / "logs"
+        return Launch(spec=spec, stdout_path=logs / f"{spec.name}.out", stderr_path=logs / f"{spec.name}.err")
+
+    async def start(self, command, *, driver: Driver | None = None, **spec_fields) -> Handle:
+        handle = await (driver or self.driver).start(self.launch(self.spec(command, **spec_fields)))
+        self.track(handle.pid)
+        return handle
+
+    def track(self, pid: int | None) -> None:
+        """Remember a process (and its group) to kill at teardown."""
+        if pid is None:
+            return
+        self._pids.add(pid)
+        try:
+            self._groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            pass
+
+    def spawn_unrelated(self, argv: list[str]) -> int:
+        """A process of the test's own (its own process group), not started by any driver."""
+        pid = os.posix_spawnp(argv[0], argv, os.environ, setpgroup=0)
+        # Unreaped until the next await, so /proc still has it even if it exited.
+        self._unrelated_ticks[pid] = process_start_ticks(pid)
+        self.track(pid)
+        return pid
+
+    def recycled(self, handle: Handle, pid: int) -> Handle:
+        """`handle` forged as if its pid had been reused by `pid`, a process from spawn_unrelated."""
+        return KITS[self.driver_name].recycled(handle, pid, self._unrelated_ticks[pid])
+
+    def gate(self, then: str) -> tuple[str, ...]:
+        """A shell command that waits for `release()` (a file appearing), then runs `then`."""
+        return ("/bin/sh", "-c", f"while [ ! -e release ]; do sleep 0.01; done; {then}")
+
+    def release(self) -> None:
+        (self.work / "release").touch()
+
+    def kill_all(self) -> list[int]:
+        for pgid in self._groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in self._pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return sorted(self._pids)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _driver_params() -> Iterator:
+    installed = set(driver_names())
+    for name in KITS:
+        marks = [] if name in installed else [pytest.mark.skip(reason=f"driver {name} is not installed")]
+        yield pytest.param(name, marks=marks, id=name)
+
+
+@pytest.fixture(params=list(_driver_params()))
+async def harness(request, tmp_path: Path, anyio_backend) -> Harness:
+    reason = load_driver_class(request.param).available()
+    if reason is not None:
+        pytest.skip(f"driver {request.param} cannot run here: {reason}")
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(Reaper().run)
+        h = Harness(request.param, tmp_path)
+        try:
+            yield h
+        finally:
+            pids = h.kill_all()
+            for driver in h.drivers:
+                await driver.aclose()
+            await wait_until(lambda: not any(map(process_alive, pids)), what="the test's processes to die")
+            tasks.cancel_scope.cancel()
+
+
+if sys.platform != "linux":  # the suite reads /proc to check what drivers claim
+    collect_ignore_glob = ["test_*.py"]
