@@ -1,0 +1,295 @@
+"""Facts only the posix driver has: its shim's record, /proc details, ids, pidfds."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import stat
+import tempfile
+from pathlib import Path
+
+import attrs
+import orjson
+import pytest
+
+from reconciler.errors import DriverError
+from reconciler.model import Handle, ProcessState
+from reconciler_drivers.posix import UNRECORDED, Identity, PidfdTable, PosixDriver, ShimRecord, exit_facts
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def posix(harness):
+    if harness.driver_name != "posix":
+        pytest.skip("posix driver only")
+    return harness
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def ignored_signals(pid: int) -> set[int]:
+    """Signals the process ignores, among those a program may use.
+
+    glibc's posix_spawn leaves its two internal signals (32, 33) ignored across
+    the exec; glibc programs re-install their handlers for them at start-up.
+    """
+    mask = int(proc_status(pid)["SigIgn"], 16)
+    return {sig for sig in signal.valid_signals() if mask & (1 << (sig - 1))}
+
+
+def status_file(handle: Handle) -> Path:
+    return Path(handle.data["status_file"])
+
+
+async def exited_unobserved(h, then: str) -> Handle:
+    """Start a unit, close the driver, let the unit run `then`, wait for the shim's record."""
+    handle = await h.start(h.gate(then))
+    await h.driver.aclose()
+    h.release()
+    await h.wait_until(status_file(handle).exists, what="the shim's record")
+    return handle
+
+
+# --- pure rules ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "wait_status, shell_status, expected",
+    [
+        (7 << 8, None, (7, None, "")),
+        (signal.SIGKILL, None, (None, signal.SIGKILL, "")),
+        (130 << 8, 130, (130, None, "")),  # the kernel's exact status wins over the record
+        (None, 7, (7, None, "")),
+        (None, 128, (128, None, "")),
+        (None, None, (None, None, UNRECORDED)),
+    ],
+)
+def test_exit_facts(wait_status, shell_status, expected):
+    record = None if shell_status is None else ShimRecord(1, 1, shell_status, 0.0)
+    assert exit_facts(wait_status, record) == expected
+
+
+def test_exit_facts_above_128_from_the_record_are_ambiguous():
+    code, sig, message = exit_facts(None, ShimRecord(1, 1, 137, 0.0))
+    assert (code, sig) == (None, None)
+    assert message == (
+        "exit status 137: killed by signal 9 or exited with code 137; the shim's record cannot tell which"
+    )
+
+
+def test_available_here():
+    assert PosixDriver.available() is None
+
+
+# --- the shim's record -------------------------------------------------------------
+
+
+async def test_the_shim_records_pid_start_ticks_and_status(posix):
+    handle = await posix.start(posix.gate("exit 7"))
+    posix.release()
+    await posix.wait_until(status_file(handle).exists, what="the shim's record")
+
+    assert status_file(handle).read_text() == f"{handle.pid} {handle.data['start_ticks']} 7\n"
+    assert status_file(handle).parent == posix.state_dir / "run" / "unit"
+
+
+async def test_the_shim_outlives_the_stop_signal_and_records_it(posix):
+    handle = await posix.start(["sleep", "1000"])
+
+    await posix.driver.stop(handle, signal.SIGTERM, 10.0)
+
+    await posix.wait_until(status_file(handle).exists, what="the shim's record")
+    assert status_file(handle).read_text().split()[2] == str(128 + signal.SIGTERM)
+
+
+async def test_an_unobserved_status_above_128_is_reported_as_unknown(posix):
+    handle = await exited_unobserved(posix, "exit 130")
+
+    observed = (await posix.new_driver().observe([handle]))["unit"]
+
+    assert observed.state is ProcessState.EXITED
+    assert (observed.exit_code, observed.exit_signal) == (None, None)
+    assert "exit status 130" in observed.message and "cannot tell" in observed.message
+    assert observed.exited_at == status_file(handle).stat().st_mtime
+
+
+async def test_an_unobserved_kill_is_reported_as_unknown(posix):
+    handle = await posix.start(["sleep", "1000"])
+    await posix.driver.aclose()
+    os.kill(handle.pid, signal.SIGKILL)
+    await posix.wait_until(status_file(handle).exists, what="the shim's record")
+
+    observed = (await posix.new_driver().observe([handle]))["unit"]
+
+    assert (observed.exit_code, observed.exit_signal) == (None, None)
+    assert "exit status 137" in observed.message
+
+
+async def test_a_watching_driver_tells_exit_130_from_a_signal(posix):
+    handle = await posix.start(posix.gate("exit 130"))
+    posix.release()
+    await posix.driver.wait(handle)
+
+    observed = (await posix.driver.observe([handle]))["unit"]
+
+    assert (observed.exit_code, observed.exit_signal) == (130, None)
+
+
+async def test_no_record_for_this_process_means_unknown_exit(posix):
+    handle = await posix.start(["sleep", "1000"])
+    gone_pid = posix.spawn_unrelated(["true"])
+    await posix.wait_until(lambda: posix.start_ticks(gone_pid) is None, what="the helper to be reaped")
+    forged = posix.recycled(handle, gone_pid)
+    # A record of some other process in the same file must not be taken for this one's.
+    status_file(forged).write_text(f"{gone_pid} 1 7\n")
+
+    observed = (await posix.new_driver().observe([forged]))["unit"]
+
+    assert observed.state is ProcessState.EXITED
+    assert (observed.exit_code, observed.exit_signal, observed.message) == (None, None, UNRECORDED)
+
+
+# --- starting --------------------------------------------------------------------------
+
+
+async def test_commands_that_exit_at_once_still_start(posix):
+    for command, code in [(["true"], 0), (["/bin/sh", "-c", "exit 7"], 7)] * 10:
+        handle = await posix.start(command)
+        await posix.driver.wait(handle)
+        observed = (await posix.driver.observe([handle]))["unit"]
+        assert (observed.state, observed.exit_code) == (ProcessState.EXITED, code)
+
+
+async def test_a_command_that_cannot_be_executed_is_a_start_error(posix):
+    script = posix.work / "broken"
+    script.write_text("#!/no/such/interpreter\n")
+    script.chmod(0o755)
+
+    with pytest.raises(DriverError, match="could not be executed") as caught:
+        await posix.start(["./broken"])
+    assert caught.value.transient is True
+
+
+async def test_the_command_starts_with_default_signal_dispositions(posix):
+    # This test process ignores SIGPIPE (Python does); the unit must not inherit that.
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
+    handle = await posix.start(["sleep", "1000"])
+
+    assert ignored_signals(handle.pid) == set()
+    assert int(proc_status(handle.pid)["SigBlk"], 16) == 0
+
+
+async def test_log_files_are_created_0640_with_their_directories_and_appended(posix):
+    spec = posix.spec(["echo", "second"])
+    launch = posix.launch(spec)
+    launch = attrs.evolve(launch, stdout_path=posix.root / "new" / "dir" / "out.log")
+    launch.stdout_path.parent.mkdir(parents=True)
+    launch.stdout_path.write_text("first\n")
+    os.chmod(launch.stdout_path, 0o600)
+    old_umask = os.umask(0o022)
+    try:
+        handle = await posix.driver.start(launch)
+    finally:
+        os.umask(old_umask)
+    await posix.driver.wait(handle)
+    await posix.wait_until(lambda: launch.stdout_path.read_text() == "first\nsecond\n", what="appended output")
+
+    assert stat.S_IMODE(launch.stderr_path.stat().st_mode) == 0o640
+
+
+async def test_the_handle_survives_a_json_round_trip(posix):
+    handle = await posix.start(["sleep", "1000"])
+    restored = Handle.from_json(orjson.loads(orjson.dumps(handle.to_json())))
+
+    observed = (await posix.new_driver().observe([restored]))["unit"]
+
+    assert (observed.state, observed.pid) == (ProcessState.RUNNING, handle.pid)
+
+
+# --- identity and stopping -----------------------------------------------------------------
+
+
+async def test_a_handle_from_before_a_reboot_is_never_running_nor_signalled(posix):
+    handle = await posix.start(["sleep", "1000"])
+    old_boot = attrs.evolve(handle, data={**handle.data, "boot_id": "00000000-0000-0000-0000-000000000000"})
+
+    observed = (await posix.driver.observe([old_boot]))["unit"]
+
+    assert observed.state is ProcessState.EXITED
+    assert "rebooted" in observed.message
+    assert posix.driver.signal(old_boot, signal.SIGKILL) is False
+    await posix.driver.stop(old_boot, signal.SIGKILL, 0.2)
+    assert posix.alive(handle.pid)
+
+
+async def test_stop_wakes_a_stopped_process_so_it_can_act_on_the_signal(posix):
+    handle = await posix.start(["sleep", "1000"])
+    os.kill(handle.pid, signal.SIGSTOP)
+    await posix.wait_until(lambda: proc_status(handle.pid)["State"].startswith("T"), what="the unit to stop")
+
+    observed = await posix.driver.stop(handle, signal.SIGTERM, 10.0)
+
+    assert observed.exit_signal == signal.SIGTERM
+
+
+async def test_evicted_pidfds_are_reopened_and_verified(posix):
+    first = Identity.of(await posix.start(["sleep", "1000"], name="first"))
+    second = Identity.of(await posix.start(["sleep", "1000"], name="second"))
+    table = PidfdTable(capacity=1)
+    try:
+        fd_first = table.get(first)
+        table.get(second)  # evicts and closes first's pidfd
+        with pytest.raises(OSError):
+            os.fstat(fd_first)
+        assert table.get(first) is not None
+        assert table.get(attrs.evolve(first, start_ticks=first.start_ticks - 1)) is None
+    finally:
+        table.close_all()
+
+
+# --- user and group ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def open_state_dir():
+    """A state directory the unit's user can reach (pytest's tmp_path is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="reconciler-posix-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
+async def test_a_user_unit_runs_with_that_users_ids_and_its_shim_still_records(posix, open_state_dir):
+    nobody = pwd.getpwnam("nobody")
+    driver = PosixDriver(open_state_dir)
+    posix.drivers.append(driver)
+    script = "while [ ! -e release ]; do sleep 0.01; done; exit 7"
+    spec = posix.spec(["/bin/sh", "-c", script], cwd=open_state_dir, user="nobody")
+    handle = await driver.start(posix.launch(spec))
+    posix.track(handle.pid)
+
+    status = proc_status(handle.pid)
+    assert status["Uid"].split() == [str(nobody.pw_uid)] * 4
+    assert status["Gid"].split() == [str(nobody.pw_gid)] * 4
+    assert set(status["Groups"].split()) <= set(map(str, os.getgrouplist("nobody", nobody.pw_gid)))
+    assert ignored_signals(handle.pid) == set()
+
+    (open_state_dir / "release").touch()
+    await driver.wait(handle)
+    await posix.wait_until(status_file(handle).exists, what="the shim's record")
+    assert status_file(handle).read_text().split()[2] == "7"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
+async def test_an_unknown_user_or_group_is_a_permanent_error(posix):
+    for fields, what in [({"user": "no-such-user-here"}, "user"), ({"group": "no-such-group-here"}, "group")]:
+        with pytest.raises(DriverError, match=f"unknown {what}") as caught:
+            await posix.start(["sleep", "1000"], **fields)
+        assert caught.value.transient is False
