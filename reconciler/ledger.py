@@ -23,7 +23,7 @@ import orjson
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from .model import Handle, Health, Spec, UnitRecord, UnitState, spec_from_dict, spec_to_dict
+from .model import Handle, Health, Spec, SpecProblem, UnitRecord, UnitState, spec_from_dict, spec_to_dict
 
 # Long enough to outlast any one write of the other process (a pass saves
 # thousands of rows in well under a second); short enough to report a wedged peer.
@@ -77,6 +77,12 @@ def _initial_schema(db: Database) -> None:
         },
         pk="id",
     )
+
+
+@MIGRATIONS(name="0002_spec_problems")
+def _spec_problems(db: Database) -> None:
+    # The invalid spec files of the latest pass, for `status` (`invalid_specs`).
+    db["spec_problems"].create({"path": str, "error": str}, pk="path")
 
 
 class SpecMemo:
@@ -200,10 +206,29 @@ class Ledger:
 
     # --- the reconciler itself -------------------------------------------------
 
-    def record_pass(self, started_at: float, finished_at: float, actions: int, errors: int) -> None:
+    def record_pass(
+        self,
+        started_at: float,
+        finished_at: float,
+        actions: int,
+        errors: int,
+        *,
+        problems: Iterable[SpecProblem] | None = None,
+    ) -> None:
+        """Record the latest pass and, if given, replace the stored invalid specs with `problems`
+        (in the same transaction, so `status` never shows one pass's summary with another's problems)."""
         row = {"id": 1, "started_at": started_at, "finished_at": finished_at, "actions": actions, "errors": errors}
         with self._transaction() as db:
             db["last_pass"].upsert(row, pk="id")
+            if problems is not None:
+                db.execute("DELETE FROM spec_problems")
+                rows = ({"path": p.path, "error": p.error} for p in problems)
+                db["spec_problems"].insert_all(rows, pk="path", replace=True)
+
+    def problems(self) -> list[SpecProblem]:
+        """The invalid spec files as of the latest pass that reported them, sorted by path."""
+        rows = self._select("spec_problems")
+        return sorted((SpecProblem(path=row["path"], error=row["error"]) for row in rows), key=lambda p: p.path)
 
     def last_pass(self) -> dict[str, Any] | None:
         """{started_at, finished_at (epoch seconds), actions, errors} of the latest pass, or None."""

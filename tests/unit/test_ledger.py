@@ -13,8 +13,9 @@ from pathlib import Path
 
 import attrs
 import pytest
+from sqlite_utils import Database
 
-from reconciler.ledger import Ledger
+from reconciler.ledger import MIGRATIONS, Ledger, SpecMemo, record_to_row
 from reconciler.model import (
     Handle,
     Health,
@@ -26,6 +27,7 @@ from reconciler.model import (
     RestartPolicy,
     RestartSettings,
     Spec,
+    SpecProblem,
     StopSettings,
     UnitRecord,
     UnitState,
@@ -209,6 +211,30 @@ def test_last_pass_is_the_latest_recorded(ledger: Ledger):
     assert ledger.last_pass() == {"started_at": 20.0, "finished_at": 20.25, "actions": 0, "errors": 1}
 
 
+def test_record_pass_replaces_the_invalid_specs_when_given(ledger: Ledger):
+    assert ledger.problems() == []
+    ledger.record_pass(1.0, 2.0, 0, 2, problems=[SpecProblem("/s/z.toml", "bad z"), SpecProblem("/s/a.toml", "bad a")])
+    assert ledger.problems() == [SpecProblem("/s/a.toml", "bad a"), SpecProblem("/s/z.toml", "bad z")]
+    ledger.record_pass(3.0, 4.0, 1, 0)
+    assert len(ledger.problems()) == 2
+    ledger.record_pass(5.0, 6.0, 0, 1, problems=[SpecProblem("/s/a.toml", "still bad")])
+    assert ledger.problems() == [SpecProblem("/s/a.toml", "still bad")]
+    ledger.record_pass(7.0, 8.0, 0, 0, problems=[])
+    assert ledger.problems() == []
+
+
+def test_opening_an_older_ledger_applies_the_missing_migrations(ledger_path: Path):
+    ledger_path.parent.mkdir(parents=True)
+    db = Database(ledger_path)
+    MIGRATIONS.apply(db, stop_before="0002_spec_problems")
+    db["units"].insert(record_to_row(full_record(), SpecMemo()))
+    db.close()
+    with Ledger(ledger_path) as upgraded:
+        assert upgraded.units() == {"web": full_record()}
+        upgraded.record_pass(1.0, 2.0, 0, 1, problems=[SpecProblem("/s/x.toml", "bad")])
+        assert upgraded.problems() == [SpecProblem("/s/x.toml", "bad")]
+
+
 def test_reconciler_info_round_trips(ledger: Ledger, tmp_path: Path):
     assert ledger.reconciler() is None
     ledger.set_reconciler(4242, "0.1.0", tmp_path / "specs", str(tmp_path / "state"), 1000.5, True)
@@ -233,7 +259,7 @@ def test_reopening_applies_the_schema_once(ledger_path: Path):
         journal_mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     finally:
         conn.close()
-    assert migrations == [("0001_initial",)]
+    assert migrations == [("0001_initial",), ("0002_spec_problems",)]
     assert journal_mode == "wal"
 
 
@@ -251,6 +277,7 @@ def test_readonly_sees_nothing_before_the_schema_exists(tmp_path: Path):
         assert readonly.restart_requests() == {}
         assert readonly.last_pass() is None
         assert readonly.reconciler() is None
+        assert readonly.problems() == []
 
 
 def test_readonly_cannot_write(ledger: Ledger, ledger_path: Path):
@@ -335,7 +362,9 @@ def test_methods_work_from_worker_threads(ledger: Ledger):
 WRITER_PROCESS = """
 import sys
 from pathlib import Path
-from reconciler.ledger import Ledger
+from sqlite_utils import Database
+
+from reconciler.ledger import MIGRATIONS, Ledger, SpecMemo, record_to_row
 with Ledger(Path(sys.argv[1])) as ledger:
     print("ready", flush=True)
     for i in range(int(sys.argv[2])):
