@@ -1,0 +1,1 @@
+"""The benchmark harness: systems under test, a /proc observer, workloads and the report."""

@@ -1,0 +1,449 @@
+"""The eight workloads of the benchmark, each run on every available system.
+
+Systems alternate between repetitions (the order rotates each time), so a slow
+minute on the shared machine does not land on one system only. Times are
+measured from the action's t0 to the kernel's exec/exit timestamps (see
+observer.py); whole-process commands (`--once`, `status`) are timed by wall
+clock around the process, which is what a user or a cron job waits for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import xmlrpc.client
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from . import procfs
+from .observer import Observer, ObserverError
+from .stats import summary
+from .systems import System, Tools
+from .systems.reconciler import Reconciler
+
+#: What a system may fail with during a workload; it is recorded in the report, then the run goes on.
+SYSTEM_FAILURES = (TimeoutError, subprocess.SubprocessError, OSError, xmlrpc.client.Error, ObserverError)
+
+WORKLOADS = ("converge", "add_one", "crash_restart", "idle", "shutdown", "cron", "status", "plan")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Sizes and repetition counts: `full` is the issue's, the others only shrink them."""
+
+    converge_n: tuple[int, ...] = (100, 500, 1000)
+    converge_reps: int = 5
+    churn_n: int = 100  # units running while one is added / killed
+    churn_blocks: int = 5  # each block: a fresh instance per system, `churn_per_block` of each sample
+    churn_per_block: int = 10
+    quiet_s: float = 0.05  # before each sample: the system's cgroup used < 1 ms CPU for this long
+    idle_n: int = 1000
+    idle_s: float = 60.0
+    shutdown_n: int = 500
+    cron_n: int = 1000
+    cron_reps: int = 10
+    cron_changed: int = 10
+    cron_changed_reps: int = 5
+    status_reps: int = 10
+    plan_n: int = 10_000
+    plan_reps: int = 30
+
+
+PRESETS = {
+    "full": Sizes(),
+    "quick": Sizes(
+        converge_n=(50, 200), converge_reps=2, churn_n=20, churn_blocks=2, churn_per_block=5, idle_n=200,
+        idle_s=5.0, shutdown_n=200, cron_n=200, cron_reps=3, cron_changed_reps=2, status_reps=3, plan_n=2000,
+        plan_reps=5,
+    ),
+    "smoke": Sizes(
+        converge_n=(5,), converge_reps=1, churn_n=5, churn_blocks=1, churn_per_block=2, quiet_s=0.02, idle_n=5,
+        idle_s=0.5, shutdown_n=5, cron_n=5, cron_reps=1, cron_changed=2, cron_changed_reps=1, status_reps=1,
+        plan_n=50, plan_reps=2,
+    ),
+}
+
+
+def rotated(items: list, k: int) -> list:
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+def ms(t_ns: int) -> float:
+    return round(t_ns / 1e6, 3)
+
+
+@dataclass
+class Bench:
+    tools: Tools
+    observer: Observer
+    workroot: Path
+    tag: str
+    systems: list[type[System]]
+    sizes: Sizes
+    results: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)
+    live: set = field(default_factory=set)
+    _instances: int = 0
+    log: Callable[[str], None] = print
+
+    def new_system(self, cls: type[System]) -> System:
+        self._instances += 1
+        prefix = f"{self.tag}{self._instances:03d}"
+        return cls(self.tools, self.workroot / f"{cls.name}-{self._instances:03d}", prefix)
+
+    @contextlib.contextmanager
+    def running(self, cls: type[System]) -> Iterator[System]:
+        system = self.new_system(cls)
+        self.live.add(system)
+        try:
+            yield system
+        finally:
+            self.live.discard(system)
+            system.teardown()
+
+    def failed(self, workload: str, system: System, exc: BaseException) -> None:
+        entry = {"workload": workload, "system": system.name, "error": f"{type(exc).__name__}: {exc}"}
+        if system.process is not None:
+            entry["log_tail"] = system.tail_log()
+        self.errors.append(entry)
+        self.log(f"  !! {system.name}: {entry['error']}")
+
+    def teardown_all(self) -> None:
+        while self.live:
+            self.live.pop().teardown()
+
+    # -- shared steps -------------------------------------------------------------
+
+    def converge(self, system: System, n: int) -> tuple[list[str], int]:
+        """Prepare n units, start, wait for every child's exec; (args, t0 -> last exec in ns)."""
+        args = system.prepare(n)
+        t0 = system.start()
+        execs = self.observer.wait_execs(args, t0, timeout=60 + n * 0.1)
+        return args, max(t for _pid, t in execs.values()) - t0
+
+    def quiet(self, system: System, window: float | None = None, timeout: float = 30.0) -> None:
+        """Wait until the system's cgroup has used under 1 ms of CPU over `window` seconds."""
+        window = self.sizes.quiet_s if window is None else window
+        deadline = time.monotonic() + timeout
+        last = system.fence.cpu_usec()
+        while last is not None and time.monotonic() < deadline:
+            time.sleep(window)  # the measuring window itself, not a synchronisation
+            now = system.fence.cpu_usec()
+            if now - last < 1000:
+                return
+            last = now
+
+    def child_pids(self, system: System) -> dict[str, int]:
+        self.observer.drain()
+        pids = {}
+        for arg in system.units.values():
+            hit = self.observer.last_exec(arg)
+            if hit is not None and hit[0] not in self.observer.exits:
+                pids[arg] = hit[0]
+        return pids
+
+    def run_in_fence(self, system: System, argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+        """Run a short command whose descendants belong to the system; (wall seconds, result)."""
+        system.fence.enter()
+        try:
+            t0 = time.monotonic_ns()
+            proc = subprocess.run(argv, env=system.env, capture_output=True, stdin=subprocess.DEVNULL)
+            wall = time.monotonic_ns() - t0
+        finally:
+            system.fence.leave()
+        return wall / 1e9, proc
+
+
+# -- 1 & 5: cold converge, shutdown -------------------------------------------
+
+
+def cold_cycles(bench: Bench, with_converge: bool, with_shutdown: bool) -> None:
+    s = bench.sizes
+    sizes = list(s.converge_n) if with_converge else []
+    if with_shutdown and s.shutdown_n not in sizes:
+        sizes.append(s.shutdown_n)
+    converge: dict = {str(n): {} for n in sizes if with_converge}
+    shutdown: dict = {}
+    turn = 0
+    for rep in range(s.converge_reps):
+        for n in sizes:
+            turn += 1
+            for cls in rotated(bench.systems, turn):
+                with bench.running(cls) as system:
+                    try:
+                        _args, took = bench.converge(system, n)
+                        if with_converge and n in s.converge_n:
+                            converge[str(n)].setdefault(cls.name, []).append(ms(took))
+                        if with_shutdown and n == s.shutdown_n:
+                            down, exited = measure_shutdown(bench, system)
+                            entry = shutdown.setdefault(cls.name, {"children_gone": [], "supervisor_exited": []})
+                            entry["children_gone"].append(ms(down))
+                            if exited is not None:
+                                entry["supervisor_exited"].append(ms(exited))
+                    except SYSTEM_FAILURES as exc:
+                        bench.failed("converge" if with_converge else "shutdown", system, exc)
+            bench.log(f"  rep {rep + 1}/{s.converge_reps} N={n}: " + ", ".join(
+                f"{name}={v[-1]:.0f}ms" for name, v in converge.get(str(n), {}).items() if v))  # fmt: skip
+    if with_converge:
+        bench.results["converge"] = {
+            n: {name: {"samples_ms": v, "summary": summary(v)} for name, v in per.items()} for n, per in converge.items()
+        }
+    if with_shutdown:
+        bench.results["shutdown"] = {
+            name: {
+                "n": s.shutdown_n,
+                "samples_ms": v["children_gone"],
+                "summary": summary(v["children_gone"]),
+                "supervisor_exited_ms": summary(v["supervisor_exited"]),
+            }
+            for name, v in shutdown.items()
+        }
+
+
+def measure_shutdown(bench: Bench, system: System) -> tuple[int, int | None]:
+    """SIGTERM the settled supervisor; (t0 -> last child exit, t0 -> supervisor seen gone) in ns."""
+    bench.quiet(system, window=0.2)
+    pids = bench.child_pids(system)
+    t0 = system.terminate()
+    exits = bench.observer.wait_exits(pids.values(), timeout=60)
+    gone = system.wait_exit(timeout=60)
+    return max(exits.values()) - t0, None if gone is None else gone - t0
+
+
+# -- 2 & 3: add one, crash -> restart --------------------------------------------
+
+
+def churn(bench: Bench, with_add: bool, with_crash: bool) -> None:
+    s = bench.sizes
+    adds: dict[str, list[float]] = {}
+    crashes: dict[str, list[float]] = {}
+    for block in range(s.churn_blocks):
+        for cls in rotated(bench.systems, block):
+            with bench.running(cls) as system:
+                try:
+                    args, _ = bench.converge(system, s.churn_n)
+                    system.ready_for_changes(timeout=30)
+                    for _ in range(s.churn_per_block if with_add else 0):
+                        bench.quiet(system)
+                        arg, t0 = system.add()
+                        _pid, t = bench.observer.wait_execs([arg], t0, timeout=30)[arg]
+                        adds.setdefault(cls.name, []).append(ms(t - t0))
+                    for victim in args[: s.churn_per_block] if with_crash else []:
+                        bench.quiet(system)
+                        crashes.setdefault(cls.name, []).append(ms(kill_and_wait(bench, victim)))
+                except SYSTEM_FAILURES as exc:
+                    bench.failed("add_one/crash_restart", system, exc)
+        bench.log(f"  block {block + 1}/{s.churn_blocks}: " + ", ".join(
+            f"{n}: add {_med(adds.get(n))} crash {_med(crashes.get(n))}" for n in (c.name for c in bench.systems)))  # fmt: skip
+    if with_add:
+        bench.results["add_one"] = {n: {"samples_ms": v, "summary": summary(v)} for n, v in adds.items()}
+    if with_crash:
+        bench.results["crash_restart"] = {n: {"samples_ms": v, "summary": summary(v)} for n, v in crashes.items()}
+
+
+def _med(values: list[float] | None) -> str:
+    return "-" if not values else f"{summary(values)['median']:.1f}ms"
+
+
+def kill_and_wait(bench: Bench, arg: str) -> int:
+    """SIGKILL the child running `sleep arg`; ns from the kill to its replacement's exec."""
+    bench.observer.drain()
+    pid, _ = bench.observer.last_exec(arg)
+    pidfd = os.pidfd_open(pid)
+    try:
+        t0 = time.monotonic_ns()
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    finally:
+        os.close(pidfd)
+    _new_pid, t = bench.observer.wait_execs([arg], t0, timeout=30)[arg]
+    return t - t0
+
+
+# -- 4 & 7: idle cost, status -------------------------------------------------------
+
+
+def fleet(bench: Bench, with_idle: bool, with_status: bool) -> None:
+    """Every system up at once with idle_n units; measure each one's idle cost, then its status command."""
+    s = bench.sizes
+    n = s.idle_n
+    systems: list[System] = []
+    with contextlib.ExitStack() as stack:
+        for cls in bench.systems:
+            system = stack.enter_context(bench.running(cls))
+            try:
+                bench.converge(system, n)
+                systems.append(system)
+            except SYSTEM_FAILURES as exc:
+                bench.failed("idle/status", system, exc)
+        for system in systems:
+            bench.quiet(system, window=0.5)
+        if with_idle:
+            bench.results["idle"] = measure_idle(bench, systems, n)
+        if with_status:
+            bench.results["status"] = measure_status(bench, systems, n)
+
+
+def measure_idle(bench: Bench, systems: list[System], n: int) -> dict:
+    s = bench.sizes
+    bench.observer.drain()
+    before = {sys.name: (sys.own_cpu_ticks(), sys.fence.cpu_usec()) for sys in systems}
+    execs_before = sum(len(v) for v in bench.observer.execs.values())
+    t0 = time.monotonic()
+    time.sleep(s.idle_s)  # the idle window being measured
+    seconds = time.monotonic() - t0
+    after = {sys.name: (sys.own_cpu_ticks(), sys.fence.cpu_usec()) for sys in systems}
+    bench.observer.drain()
+    execs_during = sum(len(v) for v in bench.observer.execs.values()) - execs_before
+    per_minute = 60.0 / seconds
+    out = {}
+    for system in systems:
+        (own0, fence0), (own1, fence1) = before[system.name], after[system.name]
+        children = set(bench.child_pids(system).values())
+        added = system.added_pids(children)
+        pss = [procfs.pss_kib(pid) for pid in added]
+        pss_total = sum(p for p in pss if p is not None)
+        rss = system.rss_kib()
+        out[system.name] = {
+            "n": n,
+            "seconds": round(seconds, 2),
+            "cpu_ms_per_min": None if own0 is None else round((own1 - own0) * 1000 / procfs.CLOCK_TICKS * per_minute, 1),
+            "all_added_cpu_ms_per_min": None if fence0 is None else round((fence1 - fence0) / 1000 * per_minute, 2),
+            "rss_mib": None if rss is None else round(rss / 1024, 1),
+            "added_processes": len(added),
+            "added_pss_kib_total": pss_total,
+            "added_pss_kib_per_unit": round(pss_total / n, 1),
+            "children_running": len(children),
+        }
+    out["_window"] = {"seconds": round(seconds, 2), "child_execs_during_window": execs_during}
+    return out
+
+
+def measure_status(bench: Bench, systems: list[System], n: int) -> dict:
+    walls: dict[str, list[float]] = {}
+    checks: dict[str, str] = {}
+    with_command = [sys for sys in systems if sys.status_command() is not None]
+    for rep in range(bench.sizes.status_reps):
+        for system in rotated(with_command, rep) if with_command else []:
+            try:
+                wall, proc = bench.run_in_fence(system, system.status_command())
+            except SYSTEM_FAILURES as exc:
+                bench.failed("status", system, exc)
+                continue
+            walls.setdefault(system.name, []).append(round(wall * 1000, 2))
+            checks[system.name] = check_status_output(system, proc, n)
+    return {
+        name: {"samples_ms": v, "summary": summary(v), "command": " ".join(sys_cmd(systems, name)), "check": checks[name]}
+        for name, v in walls.items()
+    }
+
+
+def sys_cmd(systems: list[System], name: str) -> list[str]:
+    """The status command as a reader would type it: file arguments by their base name."""
+    system = next(s for s in systems if s.name == name)
+    return [os.path.basename(a) if a.startswith("/") else a for a in system.status_command()]
+
+
+def check_status_output(system: System, proc: subprocess.CompletedProcess, n: int) -> str:
+    """A one-line sanity check that the command listed the n units (it is timed regardless)."""
+    out = proc.stdout.decode(errors="replace")
+    if proc.returncode != 0 and not out.strip():
+        return f"exit {proc.returncode}: {proc.stderr.decode(errors='replace').strip()[-200:]}"
+    if system.name == "reconciler":
+        try:
+            units = json.loads(out)["units"]
+        except (ValueError, KeyError) as exc:
+            return f"exit {proc.returncode}, not the contract's JSON: {exc}"
+        running = sum(1 for u in units if u.get("state") == "running")
+        return f"exit {proc.returncode}, {len(units)} units, {running} running"
+    lines = [line for line in out.splitlines() if line.strip()]
+    return f"exit {proc.returncode}, {len(lines)} lines"
+
+
+# -- 6: cron pass ----------------------------------------------------------------------
+
+
+def cron(bench: Bench) -> None:
+    """`reconciler --once` over cron_n specs: cold, no-op, and with a few changed specs."""
+    s = bench.sizes
+    if Reconciler not in bench.systems:
+        return
+    with bench.running(Reconciler) as system:
+        try:
+            args = system.prepare(s.cron_n)
+            cold, proc = bench.run_in_fence(system, system.command("--once"))
+            require_exit(proc, "cold --once")
+            bench.observer.wait_execs(args, 0, timeout=30)
+            noop = []
+            for _ in range(s.cron_reps):
+                wall, proc = bench.run_in_fence(system, system.command("--once"))
+                require_exit(proc, "no-op --once")
+                noop.append(round(wall * 1000, 1))
+            changed = []
+            names = list(system.units)
+            for rep in range(s.cron_changed_reps):
+                new_args = []
+                for name in names[rep * s.cron_changed : (rep + 1) * s.cron_changed]:
+                    arg = system.renew(name)
+                    system.define(name, arg)  # a new command line: the unit must be restarted
+                    new_args.append(arg)
+                t0 = time.monotonic_ns()
+                wall, proc = bench.run_in_fence(system, system.command("--once"))
+                require_exit(proc, "--once with changed specs")
+                bench.observer.wait_execs(new_args, t0, timeout=30)
+                changed.append(round(wall * 1000, 1))
+            bench.results["cron"] = {
+                "n": s.cron_n,
+                "cold_ms": round(cold * 1000, 1),
+                "noop": {"samples_ms": noop, "summary": summary(noop)},
+                "changed": {"changed_specs": s.cron_changed, "samples_ms": changed, "summary": summary(changed)},
+            }
+        except SYSTEM_FAILURES as exc:
+            bench.failed("cron", system, exc)
+
+
+def require_exit(proc: subprocess.CompletedProcess, what: str, ok: tuple[int, ...] = (0,)) -> None:
+    if proc.returncode not in ok:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise subprocess.CalledProcessError(proc.returncode, what, stderr="\n".join(tail))
+
+
+# -- 8: decision cost ------------------------------------------------------------------
+
+
+def plan_cost(bench: Bench) -> None:
+    """plan() over plan_n specs, timed in a separate interpreter (the harness never imports the reconciler)."""
+    s = bench.sizes
+    if Reconciler not in bench.systems:
+        return
+    script = Path(__file__).with_name("plan_cost.py")
+    proc = subprocess.run(
+        [bench.tools.python, str(script), str(s.plan_n), str(s.plan_reps)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        bench.errors.append({"workload": "plan", "system": "reconciler", "error": proc.stderr.strip()[-2000:]})
+        bench.log("  !! plan: " + proc.stderr.strip()[-500:])
+        return
+    bench.results["plan"] = json.loads(proc.stdout)
+
+
+def run_workloads(bench: Bench, selected: list[str]) -> None:
+    steps = [
+        ("converge/shutdown", {"converge", "shutdown"}, lambda: cold_cycles(bench, "converge" in selected, "shutdown" in selected)),
+        ("add_one/crash_restart", {"add_one", "crash_restart"}, lambda: churn(bench, "add_one" in selected, "crash_restart" in selected)),
+        ("idle/status", {"idle", "status"}, lambda: fleet(bench, "idle" in selected, "status" in selected)),
+        ("cron", {"cron"}, lambda: cron(bench)),
+        ("plan", {"plan"}, lambda: plan_cost(bench)),
+    ]  # fmt: skip
+    for title, names, step in steps:
+        if names & set(selected):
+            bench.log(f"== {title}")
+            started = time.monotonic()
+            step()
+            bench.log(f"   ({time.monotonic() - started:.0f}s)")
+
