@@ -144,17 +144,25 @@ def pidfd_exit_status(pidfd: int) -> int | None:
     return status
 
 
-def group_alive(pgid: int) -> bool:
-    """True while the process group has a member that is not a zombie.
-
-    Zombies are ignored: an orphan's zombie may wait long for a parent that reaps.
-    """
+def group_exists(pgid: int) -> bool:
+    """True while the process group has any member, zombies included (one syscall)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    """True while the process group has a member that is not a zombie.
+
+    Zombies are ignored: an orphan's zombie may wait long for a parent that reaps.
+    This reads /proc/*/stat, so callers try group_exists first.
+    """
+    if not group_exists(pgid):
+        return False
     for name in os.listdir("/proc"):
         if name.isdigit():
             stat = read_stat(int(name))

@@ -26,6 +26,8 @@ from . import _linux
 SHELL = "/bin/sh"
 SHIM = str(Path(__file__).with_name("shim.sh"))
 LOG_MODE = 0o640
+# posix_spawn resets these to SIG_DFL in the child: every signal a handler may catch.
+CATCHABLE_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 # Sets the ids of a user unit, then execs the shim. Python ignores SIGPIPE and
 # SIGXFSZ at start-up and ignored signals survive exec, so they are reset first.
@@ -162,7 +164,7 @@ def spawn_shim(launch: Launch, argv: tuple[str, ...], env: dict[str, str], ids: 
             file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(fds, (0, 1, 2))],
             setsid=True,
             setsigmask=(),
-            setsigdef=set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP},
+            setsigdef=CATCHABLE_SIGNALS,
         )
     except OSError as exc:
         os.close(read_fd)

@@ -199,7 +199,7 @@ class PosixDriver(Driver):
                 ident, confirmed = await self._confirm_start(shim, status_file, launch)
             if timer.cancelled_caught:
                 if not _linux.exited([shim.pidfd]):
-                    os.killpg(shim.pid, SIGKILL)
+                    UnitGroup(shim.pid, None, shim.pidfd).send(SIGKILL)
                 raise DriverError(f"{spec.command[0]}: not started within {START_TIMEOUT:g}s; the shim was killed")
         finally:
             shim.close()
@@ -271,7 +271,8 @@ class PosixDriver(Driver):
                 self._exit_seen.setdefault(ident.key, now)
                 ended.append((handle, ident))
             else:
-                result[handle.unit] = Observation(ProcessState.RUNNING, pid=ident.pid, started_at=handle.started_at)
+                started_at = _linux.start_time(ident.start_ticks)
+                result[handle.unit] = Observation(ProcessState.RUNNING, pid=ident.pid, started_at=started_at)
         deadline = anyio.current_time() + SHIM_RECORD_WAIT
         for handle, ident in ended:
             result[handle.unit] = await self._exit_observation(ident, deadline)
@@ -366,31 +367,16 @@ class PosixDriver(Driver):
     async def stop(self, handle: Handle, signal: int, timeout: float) -> Observation:
         ident = Identity.of(handle)
         if ident is not None and self._settled(ident) is None:
-            pidfd = self._pidfds.get(ident)
-            own = None if pidfd is None else os.dup(pidfd)
+            group = UnitGroup.open(ident, self._pidfds.get(ident))
             try:
-                if own is not None and _linux.exited([own]):
-                    os.close(own)
-                    own = None
                 # The group is ours while a verified member lives: the main process or the shim.
-                if own is not None or self._shim_alive(ident):
-                    await self._terminate(ident, own, signal, timeout)
+                if group.alive():
+                    await group.terminate(signal, timeout)
+                if group.main_exited():
+                    self._exit_seen.setdefault(ident.key, time.time())
             finally:
-                if own is not None:
-                    os.close(own)
+                group.close()
         return (await self.observe([handle]))[handle.unit]
-
-    async def _terminate(self, ident: Identity, pidfd: int | None, sig: int, timeout: float) -> None:
-        """Signal the group, wait for the main process and the group, then SIGKILL what is left."""
-        with anyio.move_on_after(timeout):
-            _signal_group(ident.pgid, pidfd, sig)
-            await _until_gone(ident.pgid, pidfd)
-        if (pidfd is not None and not _linux.exited([pidfd])) or _linux.group_alive(ident.pgid):
-            _signal_group(ident.pgid, pidfd, SIGKILL)
-            with anyio.move_on_after(KILL_WAIT):
-                await _until_gone(ident.pgid, pidfd)
-        if pidfd is not None and _linux.exited([pidfd]):
-            self._exit_seen.setdefault(ident.key, time.time())
 
     def signal(self, handle: Handle, signal: int) -> bool:
         ident = Identity.of(handle)
@@ -444,31 +430,73 @@ async def _exec_seen(pidfd: int, pid: int, shim_cmdline: bytes) -> bool:
         os.close(own)
 
 
-def _signal_group(pgid: int, pidfd: int | None, sig: int) -> None:
-    """`sig` to the main process (by pidfd: it may have left the group) and to the group.
+class UnitGroup:
+    """A unit's process group, pinned by pidfds on its verified main process and shim.
 
-    A stopped process cannot act on a signal: SIGCONT follows, as systemd does.
+    Each pidfd here is this object's own, so waiting on it never competes with
+    another waiter in the event loop.
     """
-    for signum in (sig, SIGCONT) if sig not in (SIGKILL, SIGCONT) else (sig,):
-        if pidfd is not None:
+
+    def __init__(self, pgid: int, main: int | None, shim: int | None) -> None:
+        self.pgid = pgid
+        self._main = main
+        self._shim = shim
+
+    @classmethod
+    def open(cls, ident: Identity, main_pidfd: int | None) -> UnitGroup:
+        main = None if main_pidfd is None else os.dup(main_pidfd)
+        return cls(ident.pgid, main, _linux.open_verified_pidfd(ident.shim_pid, ident.shim_start_ticks))
+
+    def close(self) -> None:
+        for fd in (self._main, self._shim):
+            if fd is not None:
+                os.close(fd)
+
+    def alive(self) -> bool:
+        members = [fd for fd in (self._main, self._shim) if fd is not None]
+        return len(_linux.exited(members)) < len(members)
+
+    def main_exited(self) -> bool:
+        return self._main is not None and bool(_linux.exited([self._main]))
+
+    async def terminate(self, sig: int, timeout: float) -> None:
+        """Signal the group, wait for it to end, then SIGKILL whatever is left."""
+        with anyio.move_on_after(timeout):
+            self.send(sig)
+            await self.gone()
+            return
+        self.send(SIGKILL)
+        with anyio.move_on_after(KILL_WAIT):
+            await self.gone()
+
+    def send(self, sig: int) -> None:
+        """`sig` to the main process (by pidfd: it may have left the group) and to the group.
+
+        A stopped process cannot act on a signal: SIGCONT follows, as systemd does.
+        """
+        for signum in (sig, SIGCONT) if sig not in (SIGKILL, SIGCONT) else (sig,):
+            if self._main is not None:
+                try:
+                    pidfd_send_signal(self._main, signum)
+                except ProcessLookupError:
+                    pass
             try:
-                pidfd_send_signal(pidfd, signum)
+                os.killpg(self.pgid, signum)
             except ProcessLookupError:
                 pass
-        try:
-            os.killpg(pgid, signum)
-        except ProcessLookupError:
-            pass
 
+    async def gone(self) -> None:
+        """Wait for the main process and the shim to exit (events), then for the group to empty.
 
-async def _until_gone(pgid: int, pidfd: int | None) -> None:
-    """Wait for the main process to exit (event-driven), then for its group to empty.
-
-    A process group has no exit event; it is checked at growing intervals.
-    """
-    if pidfd is not None:
-        await anyio.wait_readable(pidfd)
-    delay = 0.002
-    while _linux.group_alive(pgid):
-        await anyio.sleep(delay)
-        delay = min(delay * 2, 0.1)
+        A process group has no exit event: it is checked at growing intervals,
+        first with one cheap kill(0), then (zombies may linger) by reading /proc.
+        """
+        for fd in (self._main, self._shim):
+            if fd is not None:
+                await anyio.wait_readable(fd)
+        delay = 0.001
+        while _linux.group_exists(self.pgid):
+            if delay >= 0.016 and not _linux.group_alive(self.pgid):
+                return
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.1)
