@@ -204,6 +204,60 @@ async def test_wait_returns_at_once_for_an_exited_process(harness):
         await harness.driver.wait(handle)
 
 
+async def test_wait_and_stop_of_the_same_unit_can_run_together(harness):
+    handle = await harness.start(["sleep", "1000"])
+    waited = anyio.Event()
+
+    async def waiter():
+        await harness.driver.wait(handle)
+        waited.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        observed = await harness.driver.stop(handle, signal.SIGTERM, 10.0)
+        with anyio.fail_after(10):
+            await waited.wait()
+
+    assert observed.exit_signal == signal.SIGTERM
+
+
+async def test_one_observe_reports_each_unit_by_name(harness):
+    running = await harness.start(["sleep", "1000"], name="running")
+    exited = await harness.start(harness.gate("exit 3"), name="exited")
+    killed = await harness.start(["sleep", "1000"], name="killed")
+    harness.release()
+    os.kill(killed.pid, signal.SIGKILL)
+    await harness.driver.wait(exited)
+    await harness.driver.wait(killed)
+
+    observed = await harness.driver.observe([running, exited, killed])
+
+    assert observed["running"].state is ProcessState.RUNNING
+    assert (observed["exited"].state, observed["exited"].exit_code) == (ProcessState.EXITED, 3)
+    assert (observed["killed"].state, observed["killed"].exit_signal) == (ProcessState.EXITED, signal.SIGKILL)
+
+
+async def test_a_new_driver_instance_can_wait_for_an_adopted_unit(harness):
+    handle = await harness.start(harness.gate("exit 5"))
+    await harness.driver.aclose()
+    successor = harness.new_driver()
+    returned = anyio.Event()
+
+    async def waiter():
+        await successor.wait(handle)
+        returned.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        assert not returned.is_set()
+        harness.release()
+
+    assert not harness.alive(handle.pid)
+    assert (await successor.observe([handle]))["unit"].exit_code == 5
+
+
 async def test_a_new_driver_instance_adopts_a_running_unit_and_can_stop_it(harness):
     handle = await harness.start(["sleep", "1000"])
     await harness.driver.aclose()
