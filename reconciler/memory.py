@@ -172,7 +172,8 @@ def transition_events(
     for name, rec in after.items():
         old = before.get(name)
         if rec.state is UnitState.BACKOFF and (old is None or old.next_retry_at != rec.next_retry_at):
-            delay_ms = max(0, round(((rec.next_retry_at or now) - now) * 1000))
+            since = rec.exited_at if rec.exited_at is not None else now
+            delay_ms = max(0, round(((rec.next_retry_at or now) - since) * 1000))
             events.append(_event("unit.backoff", now, name, delay_ms=delay_ms, failures=rec.failures))
         if rec.state is UnitState.FAILED and (old is None or old.state is not UnitState.FAILED):
             events.append(_event("unit.failed", now, name, reason=rec.message))

@@ -246,7 +246,8 @@ def test_transition_events():
     before = {"web": exited(WEB)}
     after = {"web": attrs.evolve(exited(WEB), state=UnitState.BACKOFF, next_retry_at=NOW + 0.5)}
     (event,) = transition_events(before, after, NOW)
-    assert event["event"] == "unit.backoff" and event["delay_ms"] == 500
+    # The delay is the policy's, counted from the exit (NOW - 1), not what is left of it.
+    assert event["event"] == "unit.backoff" and event["delay_ms"] == 1500
 
 
 def test_spec_events():

@@ -1,0 +1,55 @@
+"""Starting the loop for `run` and `--once`: the state directory, its lock, the exit code."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import anyio
+
+from .errors import LockHeld
+from .loop import Reconciler
+from .reaper import become_subreaper
+from .settings import Settings
+from .statedir import StateLock, ensure_state_dir
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_UNSETTLED = 0, 3
+
+
+def run_daemon(settings: Settings) -> int:
+    """Reconcile until SIGTERM/SIGINT. Raises LockHeld if another reconciler owns the state."""
+    ensure_state_dir(settings.state_dir)
+    lock = StateLock(settings.lock_path)
+    lock.acquire()
+    try:
+        # Orphaned grandchildren of our units reparent to us, and we reap them.
+        become_subreaper()
+        log.warning("watching %s, state in %s (pid %d)", settings.specs_dir, settings.state_dir, os.getpid())
+        anyio.run(functools.partial(Reconciler(settings).run, once=False))
+    finally:
+        lock.release()
+    return EXIT_OK
+
+
+def run_once(settings: Settings) -> int:
+    """One pass from cron: 0 converged, 3 something failed/backing off/invalid.
+
+    If a daemon holds the state directory, it is already reconciling: do nothing.
+    """
+    ensure_state_dir(settings.state_dir)
+    lock = StateLock(settings.lock_path)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        who = f"pid {exc.pid}" if exc.pid else "another reconciler"
+        print(f"reconciler: {who} holds {settings.state_dir}; nothing done", flush=True)
+        return EXIT_OK
+    try:
+        reconciler = Reconciler(settings)
+        anyio.run(functools.partial(reconciler.run, once=True))
+    finally:
+        lock.release()
+    return EXIT_OK if reconciler.converged() else EXIT_UNSETTLED

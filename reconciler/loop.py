@@ -1,0 +1,379 @@
+"""The reconciliation loop: every wake-up runs one whole pass.
+
+A pass reads the whole desired state, observes the whole actual state, asks
+the pure planner what to do, and launches the actions. Wake-ups (spec file
+events, process exits, finished actions, backoff deadlines, SIGHUP, the
+periodic resync) carry no payload: they only poke the loop, and pokes that
+arrive during a pass collapse into one follow-up pass.
+
+Actions run as tasks beside the loop, bounded by a limiter, so one slow stop
+never holds up the other units; a unit with an action in flight is "busy" and
+the planner leaves it alone until the outcome is folded in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import anyio
+import attrs
+
+from . import __version__
+from .apply import carry_out
+from .driver import DriverSet
+from .eventlog import EventLog
+from .health import next_health, next_probe_at, probe, probe_due
+from .ledger import Ledger
+from .logs import rotate_if_needed, log_paths
+from .memory import (
+    Event,
+    Outcome,
+    absorb_observations,
+    absorb_outcome,
+    index_of_records,
+    spec_events,
+    spec_index,
+    transition_events,
+)
+from .model import Desired, ProcessState, SpecProblem, StopSettings, UnitRecord, UnitState
+from .plan import IN_PLACE, STOP, Action, Plan, effective_desired, plan
+from .reaper import Reaper
+from .settings import Settings
+from .specs import SpecReader
+from .watch import SpecWatcher
+
+log = logging.getLogger(__name__)
+
+# --once keeps passing while passes still act (dependency chains start level by level).
+ONCE_MAX_PASSES = 20
+
+
+@attrs.frozen
+class PassResult:
+    plan: Plan
+    started_at: float
+    finished_at: float
+    problems: tuple[SpecProblem, ...]
+
+
+class Reconciler:
+    """Owns the memory (records), the in-flight actions and the wake-ups of one state directory."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.reader = SpecReader(
+            settings.specs_dir, allow_insecure=settings.allow_insecure_specs, trusted_uids=settings.trusted_uids()
+        )
+        self.ledger = Ledger(settings.ledger_path)
+        self.events = EventLog(settings.events_path, max_bytes=settings.events_max_bytes, keep=settings.events_keep)
+        self.drivers = DriverSet(settings.state_dir, settings.driver)
+        self.reaper = Reaper()
+        self.records: dict[str, UnitRecord] = self.ledger.units()
+        self._saved: dict[str, UnitRecord] = dict(self.records)
+        self._known_specs = index_of_records(self.records)
+        self._known_problems = {p.path: p.error for p in self.ledger.problems()}
+        self._busy: dict[str, Action] = {}
+        self._outcomes: list[Outcome] = []
+        self._probes: dict[str, tuple[bool, float, int | None]] = {}  # name -> (ok, at, pid)
+        self._probing: set[str] = set()
+        self._watched: dict[str, tuple[int | None, anyio.CancelScope]] = {}
+        self._wakeup = anyio.Event()
+        self._limiter = anyio.CapacityLimiter(settings.concurrency)
+        self._task_group: Any = None
+        self.stopping = False
+        self.last_pass: PassResult | None = None
+
+    # --- wake-ups -------------------------------------------------------------------------
+
+    def poke(self) -> None:
+        self._wakeup.set()
+
+    async def _sleep(self, until: float | None) -> None:
+        timeout = self.settings.resync_interval
+        if until is not None:
+            timeout = min(timeout, max(0.0, until - self.clock()))
+        with anyio.move_on_after(timeout):
+            await self._wakeup.wait()
+        self._wakeup = anyio.Event()
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def run(self, *, once: bool = False) -> PassResult:
+        """Reconcile until stopped (or, with `once`, until a pass has nothing left to do)."""
+        async with anyio.create_task_group() as tg:
+            self._task_group = tg
+            tg.start_soon(self.reaper.run)
+            await self._announce_start(once)
+            try:
+                if once:
+                    result = await self._converge_once()
+                else:
+                    tg.start_soon(self._handle_signals)
+                    tg.start_soon(SpecWatcher(self.settings.specs_dir, self.poke).run)
+                    result = await self._serve()
+                    if self.settings.stop_on_exit:
+                        await self._stop_everything()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._drain()
+                    await self._announce_stop(once)
+            tg.cancel_scope.cancel()
+        await self.drivers.aclose()
+        self.ledger.close()
+        return result
+
+    async def _serve(self) -> PassResult:
+        result = await self.run_pass()
+        while not self.stopping:
+            wakes = [t for t in (result.plan.wake_at, self.health_wake()) if t is not None]
+            await self._sleep(min(wakes, default=None))
+            if not self.stopping:
+                result = await self.run_pass()
+        return result
+
+    async def _converge_once(self) -> PassResult:
+        result = await self.run_pass()
+        for _ in range(ONCE_MAX_PASSES):
+            if not result.plan.actions and not self._busy:
+                break
+            await self._drain()
+            result = await self.run_pass()
+        return result
+
+    async def _drain(self) -> None:
+        """Wait for every in-flight action and fold its outcome in (SIGTERM finishes actions)."""
+        while self._busy:
+            await self._sleep(None)
+        if self._outcomes:
+            records, events = self._fold_outcomes(self.records)
+            await self._persist(records, events)
+
+    async def _handle_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.poke()
+                else:
+                    self.stopping = True
+                    self.poke()
+
+    # --- one pass -------------------------------------------------------------------------
+
+    async def run_pass(self) -> PassResult:
+        started = self.clock()
+        desired = await anyio.to_thread.run_sync(self._read_desired)
+        desired = effective_desired(desired, self.records)
+        events: list[Event] = spec_events(self._known_specs, self._known_problems, desired, started)
+        self._known_specs = spec_index(desired) if desired.complete else {**self._known_specs, **spec_index(desired)}
+        self._known_problems = {p.path: p.error for p in desired.problems}
+
+        records, more = self._fold_outcomes(self.records)
+        events += more
+        handles = [r.handle for n, r in records.items() if r.handle is not None and n not in self._busy]
+        observed = await self.drivers.observe(handles)
+        now = self.clock()
+        records, more = absorb_observations(records, observed, now)
+        events += more
+        records = self._fold_probes(records, now)
+
+        decided = plan(desired, records, now, busy=self._busy)
+        events += transition_events(records, decided.records, now)
+        for action in decided.actions:
+            if action.kind != IN_PLACE:
+                self._launch(action, records[action.unit] if action.unit in records else None)
+        finished = self.clock()
+        result = PassResult(decided, started, finished, desired.problems)
+        duration_ms = round((finished - started) * 1000, 3)
+        events.append({"ts": finished, "event": "pass.completed", "actions": len(decided.actions), "duration_ms": duration_ms})
+        await self._persist(dict(decided.records), events, last_pass=result)
+        self._watch_exits()
+        self._schedule_probes(now)
+        await self._rotate_logs()
+        self.last_pass = result
+        return result
+
+    def _read_desired(self) -> Desired:
+        desired = self.reader.read()
+        return attrs.evolve(desired, restart_requests=self.ledger.restart_requests())
+
+    def _fold_outcomes(self, records: dict[str, UnitRecord]) -> tuple[dict[str, UnitRecord], list[Event]]:
+        events: list[Event] = []
+        outcomes, self._outcomes = self._outcomes, []
+        for outcome in outcomes:
+            records, more = absorb_outcome(records, outcome)
+            events += more
+        return records, events
+
+    async def _persist(
+        self, records: dict[str, UnitRecord], events: list[Event], last_pass: PassResult | None = None
+    ) -> None:
+        """Write what changed: only the ledger and the event log hold state."""
+        changed = [r for n, r in records.items() if self._saved.get(n) != r]
+        gone = [n for n in self._saved if n not in records]
+        self.records = records
+
+        def write() -> None:
+            if changed:
+                self.ledger.save(changed)
+            if gone:
+                self.ledger.forget(gone)
+            if events:
+                self.events.append_many(events)
+            if last_pass is not None:
+                p = last_pass
+                self.ledger.record_pass(
+                    p.started_at, p.finished_at, len(p.plan.actions), len(p.problems), problems=list(p.problems)
+                )
+
+        await anyio.to_thread.run_sync(write)
+        self._saved = dict(records)
+
+    # --- actions ----------------------------------------------------------------------------
+
+    def _launch(self, action: Action, before: UnitRecord | None) -> None:
+        handle = before.handle if before is not None else None
+        old_spec = before.spec if before is not None and before.spec is not None else action.spec
+        stop = old_spec.stop if old_spec is not None else StopSettings()
+        self._busy[action.unit] = action
+        self._task_group.start_soon(self._carry_out, action, handle, stop)
+
+    async def _carry_out(self, action: Action, handle: Any, stop: StopSettings) -> None:
+        try:
+            async with self._limiter:
+                outcome = await carry_out(action, handle, stop, self.drivers, self.settings.state_dir, self.clock)
+        finally:
+            self._busy.pop(action.unit, None)
+        self._outcomes.append(outcome)
+        self.poke()
+
+    async def _stop_everything(self) -> None:
+        """--stop-on-exit: stop every unit gracefully, each by its own stop settings."""
+        await self._drain()
+        for name, rec in self.records.items():
+            if rec.handle is not None:
+                self._launch(Action(STOP, name, "reconciler exiting", spec=rec.spec), rec)
+        await self._drain()
+
+    # --- exit detection -------------------------------------------------------------------
+
+    def _watch_exits(self) -> None:
+        """One waiter per live process; an exit pokes the loop (no polling)."""
+        for name, rec in self.records.items():
+            pid = rec.handle.pid if rec.handle is not None else None
+            current = self._watched.get(name)
+            if current is not None and current[0] == pid:
+                continue
+            if current is not None:
+                current[1].cancel()
+                del self._watched[name]
+            if rec.handle is not None and rec.state is not UnitState.UNKNOWN:
+                scope = anyio.CancelScope()
+                self._watched[name] = (pid, scope)
+                self._task_group.start_soon(self._wait_exit, rec.handle, scope)
+        for name in [n for n in self._watched if n not in self.records]:
+            self._watched.pop(name)[1].cancel()
+
+    async def _wait_exit(self, handle: Any, scope: anyio.CancelScope) -> None:
+        with scope:
+            try:
+                await self.drivers.get(handle.driver).wait(handle)
+            except Exception:  # noqa: BLE001 - the next pass observes and reports the truth
+                log.debug("waiting on %s failed", handle.unit, exc_info=True)
+            self.poke()
+
+    # --- health -------------------------------------------------------------------------------
+
+    def _schedule_probes(self, now: float) -> None:
+        for name, rec in self.records.items():
+            spec = rec.spec
+            if spec is None or spec.health is None or rec.state is not UnitState.RUNNING or name in self._probing:
+                continue
+            if probe_due(spec.health, rec.health_checked_at, rec.started_at or now, now):
+                self._probing.add(name)
+                self._task_group.start_soon(self._probe, rec)
+
+    async def _probe(self, rec: UnitRecord) -> None:
+        spec = rec.spec
+        assert spec is not None and spec.health is not None
+        try:
+            env = {**os.environ, **spec.env_dict}
+            result = await probe(spec.health, reaper=self.reaper, cwd=spec.cwd, env=env)
+            self._probes[rec.name] = (result.ok, self.clock(), rec.pid)
+        finally:
+            self._probing.discard(rec.name)
+        self.poke()
+
+    def _fold_probes(self, records: dict[str, UnitRecord], now: float) -> dict[str, UnitRecord]:
+        probes, self._probes = self._probes, {}
+        for name, (ok, at, pid) in probes.items():
+            rec = records.get(name)
+            if rec is None or rec.spec is None or rec.spec.health is None or rec.pid != pid:
+                continue  # the process it probed is gone
+            health, failures = next_health(rec.health, rec.health_failures, ok, rec.spec.health, rec.started_at or at, at)
+            records[name] = attrs.evolve(rec, health=health, health_failures=failures, health_checked_at=at)
+        return records
+
+    def health_wake(self) -> float | None:
+        """The next time a health probe falls due (the loop must wake for it)."""
+        times = [
+            next_probe_at(r.spec.health, r.health_checked_at, r.started_at or 0.0)
+            for r in self.records.values()
+            if r.spec is not None and r.spec.health is not None and r.state is UnitState.RUNNING
+        ]
+        return min(times, default=None)
+
+    # --- logs -----------------------------------------------------------------------------------
+
+    async def _rotate_logs(self) -> None:
+        def rotate() -> None:
+            for name, rec in self.records.items():
+                if rec.spec is not None and rec.handle is not None:
+                    for path in log_paths(self.settings.state_dir, name):
+                        rotate_if_needed(path, rec.spec.logs)
+
+        await anyio.to_thread.run_sync(rotate)
+
+    # --- start and stop -----------------------------------------------------------------------
+
+    async def _announce_start(self, once: bool) -> None:
+        """Record who we are, then adopt every process the ledger knows that still runs."""
+        now = self.clock()
+        self.ledger.set_reconciler(
+            os.getpid(), __version__, str(self.settings.specs_dir), str(self.settings.state_dir), now, running=not once
+        )
+        self.events.append("reconciler.started", pid=os.getpid(), once=once, version=__version__)
+        handles = [r.handle for r in self.records.values() if r.handle is not None]
+        observed = await self.drivers.observe(handles)
+        adopted = [
+            {"ts": now, "event": "unit.adopted", "unit": name, "pid": obs.pid}
+            for name, obs in sorted(observed.items())
+            if obs.state is ProcessState.RUNNING
+        ]
+        if adopted:
+            self.events.append_many(adopted)
+
+    async def _announce_stop(self, once: bool) -> None:
+        def write() -> None:
+            self.ledger.set_reconciler(
+                os.getpid(),
+                __version__,
+                str(self.settings.specs_dir),
+                str(self.settings.state_dir),
+                self.clock(),
+                running=False,
+            )
+            self.events.append("reconciler.stopped", pid=os.getpid(), once=once)
+
+        await anyio.to_thread.run_sync(write)
+
+    def converged(self) -> bool:
+        """For --once's exit code: no invalid spec, and no unit failed, backing off or in doubt."""
+        if self.last_pass is None or self.last_pass.problems:
+            return False
+        unsettled = (UnitState.FAILED, UnitState.BACKOFF, UnitState.UNKNOWN, UnitState.STARTING, UnitState.STOPPING)
+        return not any(rec.state in unsettled for rec in self.records.values())

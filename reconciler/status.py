@@ -1,0 +1,176 @@
+"""Read-only views for scripts: `status`, `plan`, and recording a restart request.
+
+`status` tells the truth even when no reconciler runs: every recorded process
+is observed again (read-only) before it is reported, so a dead process is
+never shown as running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import anyio
+import attrs
+
+from . import __version__
+from .driver import DriverSet
+from .errors import UsageError
+from .eventlog import EventLog
+from .ledger import Ledger
+from .memory import absorb_observations
+from .model import Observation, ProcessState, SpecProblem, UnitRecord, iso_utc
+from .plan import Action, effective_desired, plan
+from .settings import Settings
+from .specs import SpecReader
+from .statedir import holder_pid
+
+SCHEMA = 1
+
+
+def _observe(settings: Settings, records: dict[str, UnitRecord]) -> dict[str, Observation]:
+    handles = [r.handle for r in records.values() if r.handle is not None]
+    if not handles:
+        return {}
+
+    async def observe() -> dict[str, Observation]:
+        drivers = DriverSet(settings.state_dir, settings.driver)
+        try:
+            return await drivers.observe(handles)
+        finally:
+            await drivers.aclose()
+
+    return anyio.run(observe)
+
+
+def collect_status(settings: Settings) -> dict[str, Any]:
+    """The contract's status document (schema 1)."""
+    ledger = Ledger.open_readonly(settings.ledger_path)
+    records: dict[str, UnitRecord] = {}
+    info: dict[str, Any] | None = None
+    last_pass = None
+    problems: list[SpecProblem] = []
+    if ledger is not None:
+        with ledger:
+            records, info, last_pass, problems = ledger.units(), ledger.reconciler(), ledger.last_pass(), ledger.problems()
+    observed = _observe(settings, records)
+    holder = holder_pid(settings.lock_path)
+    daemon_pid = holder or (info or {}).get("pid")
+    return {
+        "schema": SCHEMA,
+        "reconciler": {
+            "running": holder is not None and bool((info or {}).get("running")),
+            "pid": daemon_pid,
+            "version": (info or {}).get("version", __version__),
+            "specs_dir": (info or {}).get("specs_dir", str(settings.specs_dir)),
+            "state_dir": str(settings.state_dir),
+            "last_pass": None
+            if last_pass is None
+            else {
+                "started_at": iso_utc(last_pass["started_at"]),
+                "finished_at": iso_utc(last_pass["finished_at"]),
+                "actions": last_pass["actions"],
+                "errors": last_pass["errors"],
+            },
+        },
+        "units": [_unit_view(rec, observed.get(name)) for name, rec in sorted(records.items())],
+        "invalid_specs": [{"path": p.path, "error": p.error} for p in problems],
+    }
+
+
+def _unit_view(rec: UnitRecord, obs: Observation | None) -> dict[str, Any]:
+    state, pid, message = rec.state.value, rec.pid, rec.message
+    exit_code, exit_signal, started_at = rec.exit_code, rec.exit_signal, rec.started_at
+    if rec.handle is not None and obs is not None:
+        if obs.state is ProcessState.RUNNING:
+            pid = obs.pid
+        elif obs.state is ProcessState.UNKNOWN:
+            state, message = "unknown", obs.message
+        else:
+            # Gone since the reconciler last looked: report what the OS says, never "running".
+            state, pid, message = "exited", None, obs.message or "exited since the last pass"
+            exit_code, exit_signal = obs.exit_code, obs.exit_signal
+    spec = rec.spec
+    return {
+        "name": rec.name,
+        "driver": rec.handle.driver if rec.handle is not None else (spec.driver if spec else None),
+        "spec_path": spec.path if spec else None,
+        "spec_hash": spec.process_hash if spec else None,
+        "desired": rec.desired,
+        "state": state,
+        "pid": pid,
+        "started_at": iso_utc(started_at) if pid is not None else None,
+        "restarts": rec.restarts,
+        "exit_code": exit_code,
+        "exit_signal": exit_signal,
+        "health": rec.health.value,
+        "next_retry_at": iso_utc(rec.next_retry_at) if state == "backoff" else None,
+        "message": message,
+    }
+
+
+def render_status(report: dict[str, Any]) -> str:
+    """A table a person can read."""
+    rec = report["reconciler"]
+    last = rec["last_pass"]
+    head = f"reconciler {'running (pid %s)' % rec['pid'] if rec['running'] else 'not running'}"
+    if last:
+        head += f"; last pass {last['finished_at']}: {last['actions']} actions, {last['errors']} errors"
+    rows = [("NAME", "STATE", "PID", "RESTARTS", "HEALTH", "EXIT", "MESSAGE")]
+    for u in report["units"]:
+        exit_text = "" if u["exit_code"] is None and u["exit_signal"] is None else (
+            f"code {u['exit_code']}" if u["exit_signal"] is None else f"signal {u['exit_signal']}"
+        )
+        rows.append(
+            (u["name"], u["state"], str(u["pid"] or "-"), str(u["restarts"]), u["health"], exit_text, u["message"])
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [head, ""] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    for problem in report["invalid_specs"]:
+        lines.append(f"invalid: {problem['path']}: {problem['error']}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def preview_plan(settings: Settings) -> tuple[tuple[Action, ...], tuple[SpecProblem, ...]]:
+    """What a pass would do now, from the same inputs a pass uses; changes nothing."""
+    ledger = Ledger.open_readonly(settings.ledger_path)
+    records: dict[str, UnitRecord] = {}
+    requests: dict[str, str] = {}
+    if ledger is not None:
+        with ledger:
+            records, requests = ledger.units(), ledger.restart_requests()
+    reader = SpecReader(settings.specs_dir, allow_insecure=settings.allow_insecure_specs, trusted_uids=settings.trusted_uids())
+    desired = effective_desired(attrs.evolve(reader.read(), restart_requests=requests), records)
+    import time
+
+    now = time.time()
+    records, _ = absorb_observations(records, _observe(settings, records), now)
+    return plan(desired, records, now).actions, desired.problems
+
+
+def request_restart(settings: Settings, name: str, token: str, at: float) -> int | None:
+    """Record the request as desired state, log it, and wake the daemon if one runs (its pid)."""
+    ledger_known = Ledger.open_readonly(settings.ledger_path)
+    known = set()
+    if ledger_known is not None:
+        with ledger_known:
+            known = set(ledger_known.units())
+    if name not in known:
+        reader = SpecReader(settings.specs_dir, allow_insecure=True, trusted_uids=None)
+        if name not in reader.read().specs:
+            raise UsageError(f"no unit named {name!r} (not in the ledger nor in {settings.specs_dir})")
+    from .statedir import ensure_state_dir
+
+    ensure_state_dir(settings.state_dir)
+    with Ledger(settings.ledger_path) as ledger:
+        ledger.request_restart(name, token, at)
+    with EventLog(settings.events_path) as events:
+        events.append("unit.restart_requested", name, ts=at)
+    holder = holder_pid(settings.lock_path)
+    if holder:
+        try:
+            os.kill(holder, signal.SIGHUP)
+        except ProcessLookupError:
+            holder = None
+    return holder
