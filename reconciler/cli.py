@@ -33,10 +33,9 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("-v", "--verbose", count=True, help="More logging on stderr.")
     @functools.wraps(func)
     def wrapper(*args: Any, specs: Path | None, state: Path | None, driver: str | None, verbose: int, **kwargs: Any) -> Any:
-        obj = click.get_current_context().find_object(dict)
-        if obj is not None:
-            obj.update({k: v for k, v in {"specs": specs, "state": state, "driver": driver}.items() if v is not None})
-            obj["verbose"] = obj.get("verbose", 0) + verbose
+        obj = click.get_current_context().ensure_object(dict)
+        obj.update({k: v for k, v in {"specs": specs, "state": state, "driver": driver}.items() if v is not None})
+        obj["verbose"] = obj.get("verbose", 0) + verbose
         return func(*args, **kwargs)
 
     return wrapper
@@ -88,7 +87,6 @@ class Main(click.Group):
 @click.pass_context
 def main(ctx: click.Context, **run_flags: Any) -> None:
     """Make running processes match the spec files in a directory, and keep them so."""
-    ctx.ensure_object(dict)
     ctx.obj["run_flags"] = run_flags
     if ctx.invoked_subcommand is None:
         ctx.invoke(run)

@@ -72,6 +72,7 @@ class Reconciler:
         self.ledger = Ledger(settings.ledger_path)
         self.events = EventLog(settings.events_path, max_bytes=settings.events_max_bytes, keep=settings.events_keep)
         self.drivers = DriverSet(settings.state_dir, settings.driver)
+        self.drivers.get(settings.driver)  # an unusable default driver is a fatal error, said at once
         self.reaper = Reaper()
         self.records: dict[str, UnitRecord] = self.ledger.units()
         self._saved: dict[str, UnitRecord] = dict(self.records)
@@ -182,7 +183,7 @@ class Reconciler:
         records = self._fold_probes(records, now)
 
         decided = plan(desired, records, now, busy=self._busy)
-        events += transition_events(records, decided.records, now)
+        events += transition_events(self.records, decided.records, now)
         for action in decided.actions:
             if action.kind != IN_PLACE:
                 self._launch(action, records[action.unit] if action.unit in records else None)

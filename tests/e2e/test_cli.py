@@ -1,0 +1,98 @@
+"""CLI details: exit codes, one-line errors, JSON shapes, health checks and dependencies."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import orjson
+
+from tests.conftest import proc_alive, wait_until
+
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def test_status_json_shape_and_unknown_name(rc):
+    empty = rc.status()
+    assert empty["schema"] == 1 and empty["units"] == [] and empty["invalid_specs"] == []
+    rc.spec("b.toml", 'command = ["sleep", "9101"]\n')
+    rc.spec("a.toml", 'command = ["sleep", "9102"]\n')
+    rc.cli("--once", check=0)
+    report = rc.status()
+    assert [u["name"] for u in report["units"]] == ["a", "b"]
+    unit = report["units"][0]
+    assert set(unit) == {
+        "name", "driver", "spec_path", "spec_hash", "desired", "state", "pid", "started_at",
+        "restarts", "exit_code", "exit_signal", "health", "next_retry_at", "message",
+    }
+    assert ISO.match(unit["started_at"]) and ISO.match(report["reconciler"]["last_pass"]["finished_at"])
+    assert report["reconciler"]["running"] is False
+    one = orjson.loads(rc.cli("status", "a", "--json", check=0).stdout)
+    assert [u["name"] for u in one["units"]] == ["a"]
+    missing = rc.cli("status", "nope")
+    assert missing.returncode == 1 and missing.stderr.strip() == "reconciler: no unit named 'nope'"
+
+
+def test_bad_input_is_one_line_never_a_traceback(rc):
+    for args in (["--driver", "nosuch", "--once"], ["validate", str(rc.specs / "missing.toml")], ["logs", "nope"]):
+        rc.spec("x.toml", 'command = ["sleep", "9201"]\n')
+        out = rc.cli(*args)
+        assert out.returncode != 0, args
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) >= 1, args
+    (rc.specs / "x.toml").unlink()
+    out = rc.cli("--once", "--driver", "nosuch")
+    assert "Traceback" not in out.stderr
+
+
+def test_events_filter_and_json(rc):
+    rc.spec("ev.toml", 'command = ["sleep", "9301"]\n')
+    rc.cli("--once", check=0)
+    lines = rc.cli("events", "--unit", "ev", "--json", check=0).stdout.splitlines()
+    events = [orjson.loads(line) for line in lines]
+    assert [e["event"] for e in events] == ["spec.added", "unit.started"]
+    assert all(ISO.match(e["ts"]) and e["unit"] == "ev" for e in events)
+    assert "unit.started" in rc.cli("events", check=0).stdout
+
+
+def test_dependencies_start_in_order(rc):
+    rc.spec("app.toml", 'command = ["sleep", "9401"]\ndepends_on = ["db"]\n')
+    rc.spec("db.toml", 'command = ["sleep", "9402"]\n')
+    rc.cli("--once", check=0)
+    started = [e["unit"] for e in rc.events("unit.started")]
+    assert started == ["db", "app"]
+
+
+def test_unhealthy_unit_is_restarted(rc, tmp_path):
+    flag = tmp_path / "healthy"
+    flag.touch()
+    rc.spec(
+        "hc.toml",
+        'command = ["sleep", "9501"]\n'
+        f'[health]\ntype = "exec"\ncommand = ["test", "-f", "{flag}"]\ninterval = "100ms"\nretries = 2\n',
+    )
+    rc.start_daemon()
+    first = rc.wait_unit("hc", state="running", health="healthy")
+    flag.unlink()
+    wait_until(lambda: rc.events("unit.health", unit="hc") and any(
+        e["health"] == "unhealthy" for e in rc.events("unit.health", unit="hc")), what="unhealthy")
+    flag.touch()
+    again = wait_until(lambda: (u := rc.unit("hc")) and u["pid"] not in (None, first["pid"]) and u)
+    assert again["restarts"] == 1
+    wait_until(lambda: not proc_alive(first["pid"]))
+    rc.wait_unit("hc", health="healthy")
+
+
+def test_spec_changes_are_seen_without_a_resync(rc):
+    rc.start_daemon("--resync", "3600")
+    rc.spec("late.toml", 'command = ["sleep", "9601"]\n')
+    unit = rc.wait_unit("late", state="running")
+    assert proc_alive(unit["pid"])
+
+
+def test_missing_specs_directory_stops_nothing(rc):
+    rc.spec("keep.toml", 'command = ["sleep", "9701"]\n')
+    rc.cli("--once", check=0)
+    pid = rc.unit("keep")["pid"]
+    os.rename(rc.specs, rc.specs.with_name("specs-away"))
+    rc.cli("--once")
+    assert rc.unit("keep")["pid"] == pid and proc_alive(pid)
