@@ -179,9 +179,11 @@ def main(argv: list[str]) -> int:
         observer.close()
         leaked = procfs.pids_with_sleep_prefix(tag)
         procfs.kill_quietly(leaked)
+        left_fences = procfs.sweep_fences(tag)
         shutil.rmtree(workroot, ignore_errors=True)
-    if leaked:
-        bench.errors.append({"workload": "teardown", "system": "?", "error": f"{len(leaked)} children outlived their system"})
+    if leaked or left_fences:
+        error = f"{len(leaked)} children outlived their system; cgroups left behind: {left_fences}"
+        bench.errors.append({"workload": "teardown", "system": "?", "error": error})
 
     facts = machine_facts()
     facts["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())

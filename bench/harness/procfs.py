@@ -238,3 +238,21 @@ class Fence:
                 except FileNotFoundError:
                     pass
 
+
+
+def sweep_fences(tag: str) -> list[str]:
+    """Kill and remove every cgroup this run left behind (bench-<tag>…); their names.
+
+    The safety net under the adapters' own teardown: it runs last, whatever happened.
+    """
+    left = []
+    roots = [r for r in (cgroup2_root(), _v1_named_systemd_root()) if r is not None]
+    for root in roots:
+        for d in root.glob(f"bench-{tag}*"):
+            left.append(d.name)
+            if (d / "cgroup.kill").exists():
+                (d / "cgroup.kill").write_text("1")
+                wait_until(lambda: "populated 0" in (d / "cgroup.events").read_text(), 10, f"{d.name} to empty")
+            for dirpath, _dirs, _files in sorted(os.walk(d), key=lambda t: -len(t[0])):
+                os.rmdir(dirpath)
+    return sorted(set(left))
