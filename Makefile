@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: run test bench clean
 
 run: $(STAMP)
-	$(BIN)/reconciler --specs specs --state .state run
+	$(BIN)/reconciler --specs specs --state .state run --stop-on-exit
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -6,6 +6,8 @@ import functools
 import logging
 import os
 
+import resource
+
 import anyio
 
 from .errors import LockHeld
@@ -19,6 +21,13 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_UNSETTLED = 0, 3
 
 
+def raise_fd_limit() -> None:
+    """Lift the soft open-files limit to the hard one: drivers hold a descriptor per live unit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run_daemon(settings: Settings) -> int:
     """Reconcile until SIGTERM/SIGINT. Raises LockHeld if another reconciler owns the state."""
     ensure_state_dir(settings.state_dir)
@@ -27,6 +36,7 @@ def run_daemon(settings: Settings) -> int:
     try:
         # Orphaned grandchildren of our units reparent to us, and we reap them.
         become_subreaper()
+        raise_fd_limit()
         log.warning("watching %s, state in %s (pid %d)", settings.specs_dir, settings.state_dir, os.getpid())
         anyio.run(functools.partial(Reconciler(settings).run, once=False))
     finally:
@@ -48,6 +58,7 @@ def run_once(settings: Settings) -> int:
         print(f"reconciler: {who} holds {settings.state_dir}; nothing done", flush=True)
         return EXIT_OK
     try:
+        raise_fd_limit()
         reconciler = Reconciler(settings)
         anyio.run(functools.partial(reconciler.run, once=True))
     finally:
