@@ -33,9 +33,10 @@ def test_spec_lifecycle_follows_the_files(rc):
 
     # A field the process does not see: applied live, same process.
     rc.spec("web.toml", sleeper("1001") + '[restart]\npolicy = "on-failure"\n')
-    wait_until(lambda: rc.events("spec.changed", unit="web"), what="spec.changed")
-    wait_until(lambda: rc.status()["reconciler"]["last_pass"]["actions"] == 0 and rc.unit("web")["pid"] == web["pid"])
-    assert proc_alive(web["pid"])
+    changed = wait_until(lambda: rc.events("spec.changed", unit="web"), what="spec.changed")[0]
+    wait_until(lambda: [e for e in rc.events("pass.completed") if e["ts"] >= changed["ts"]], what="a pass after it")
+    assert rc.unit("web")["pid"] == web["pid"] and proc_alive(web["pid"])
+    assert len(rc.events("unit.started", unit="web")) == 1
 
     # A field the process sees: stop the old one, start the new one.
     rc.spec("web.toml", sleeper("1002"))
