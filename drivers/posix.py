@@ -301,7 +301,8 @@ class PosixDriver(Driver):
     async def _exit_observation(self, ident: Identity, deadline: float) -> Observation:
         """EXITED with the exit facts of a process known to be dead (or gone from our view)."""
         wait_status, record = self._exit_sources(ident)
-        if wait_status is None and record is None and await self._await_shim(ident, deadline):
+        if wait_status is None and record is None:
+            await self._await_shim(ident, deadline)
             wait_status, record = self._exit_sources(ident)
         code, sig, message = exit_facts(wait_status, record)
         observation = Observation(
@@ -346,19 +347,14 @@ class PosixDriver(Driver):
         finally:
             os.close(pidfd)
 
-    async def _await_shim(self, ident: Identity, deadline: float) -> bool:
-        """Wait (until `deadline`) for the unit's shim to exit, having written its record.
-
-        True if it did exit in that time; False if it was already gone or is still there.
-        """
+    async def _await_shim(self, ident: Identity, deadline: float) -> None:
+        """Return once the unit's shim is gone (so its record, if any, is written), or at `deadline`."""
         pidfd = _linux.open_verified_pidfd(ident.shim_pid, ident.shim_start_ticks)
         if pidfd is None:
-            return False
+            return
         try:
             with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
                 await anyio.wait_readable(pidfd)
-                return True
-            return False
         finally:
             os.close(pidfd)
 
@@ -421,7 +417,8 @@ async def _exec_seen(pidfd: int, pid: int, shim_cmdline: bytes) -> bool:
             cmdline = _linux.read_cmdline(pid)
             if _linux.exited([own]):
                 return False
-            if cmdline is not None and cmdline != shim_cmdline:
+            # Empty: the process is exiting (its memory is gone before its pidfd turns readable).
+            if cmdline and cmdline != shim_cmdline:
                 return True
             with anyio.move_on_after(delay):
                 await anyio.wait_readable(own)
