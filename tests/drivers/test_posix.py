@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shutil
@@ -285,6 +286,17 @@ async def test_a_user_unit_runs_with_that_users_ids_and_its_shim_still_records(p
     await driver.wait(handle)
     await posix.wait_until(status_file(handle).exists, what="the shim's record")
     assert status_file(handle).read_text().split()[2] == "7"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing group needs root")
+async def test_a_group_alone_changes_the_gid_and_drops_supplementary_groups(posix):
+    nogroup = grp.getgrnam("nogroup")
+    handle = await posix.start(["sleep", "1000"], group="nogroup")
+
+    status = proc_status(handle.pid)
+    assert status["Uid"].split() == ["0"] * 4
+    assert status["Gid"].split() == [str(nogroup.gr_gid)] * 4
+    assert status["Groups"].split() == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
