@@ -27,6 +27,18 @@ def become_subreaper() -> bool:
     return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
+def quiet_signal_wakeups() -> None:
+    """Do not warn when the event loop's signal wake-up buffer is full.
+
+    A thousand units exiting at once send a thousand SIGCHLDs; once a wake-up
+    byte is pending the rest carry no news (one reap collects every child), yet
+    CPython would print a warning for each byte it could not write.
+    """
+    fd = signal.set_wakeup_fd(-1)
+    if fd != -1:
+        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+
+
 class Reaper:
     """Collects exit statuses on SIGCHLD; hands them to whoever awaits that pid."""
 
@@ -37,6 +49,7 @@ class Reaper:
     async def run(self) -> None:
         """Reap until cancelled. Start it before spawning anything."""
         with anyio.open_signal_receiver(signal.SIGCHLD) as signals:
+            quiet_signal_wakeups()
             self.reap_all()
             async for _ in signals:
                 self.reap_all()
