@@ -13,6 +13,7 @@ the planner leaves it alone until the outcome is folded in.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -44,12 +45,16 @@ from .plan import IN_PLACE, STOP, Action, Plan, effective_desired, plan
 from .reaper import Reaper
 from .settings import Settings
 from .specs import SpecReader
-from .watch import SpecWatcher
 
 log = logging.getLogger(__name__)
 
 # --once keeps passing while passes still act (dependency chains start level by level).
 ONCE_MAX_PASSES = 20
+# While actions are in flight, passes are spaced so they take at most a fifth of the
+# time: a thousand starts finishing one by one must not cost a thousand full passes.
+BURST_PACING = 4.0
+# Unit log files are checked for rotation at most this often (a stat per file).
+LOG_CHECK_INTERVAL = 10.0
 
 
 @attrs.frozen
@@ -78,6 +83,8 @@ class Reconciler:
         self._saved: dict[str, UnitRecord] = dict(self.records)
         self._known_specs = index_of_records(self.records)
         self._known_problems = {p.path: p.error for p in self.ledger.problems()}
+        self._adopting = {name for name, rec in self.records.items() if rec.handle is not None}
+        self._logs_checked_at = 0.0
         self._busy: dict[str, Action] = {}
         self._outcomes: list[Outcome] = []
         self._probes: dict[str, tuple[bool, float, int | None]] = {}  # name -> (ok, at, pid)
@@ -87,6 +94,7 @@ class Reconciler:
         self._limiter = anyio.CapacityLimiter(settings.concurrency)
         self._task_group: Any = None
         self.stopping = False
+        self.once = False
         self.last_pass: PassResult | None = None
 
     # --- wake-ups -------------------------------------------------------------------------
@@ -106,14 +114,17 @@ class Reconciler:
 
     async def run(self, *, once: bool = False) -> PassResult:
         """Reconcile until stopped (or, with `once`, until a pass has nothing left to do)."""
+        self.once = once
         async with anyio.create_task_group() as tg:
             self._task_group = tg
             tg.start_soon(self.reaper.run)
-            await self._announce_start(once)
+            self._announce_start(once)
             try:
                 if once:
                     result = await self._converge_once()
                 else:
+                    from .watch import SpecWatcher  # watchdog's start-up is not needed by --once
+
                     tg.start_soon(self._handle_signals)
                     tg.start_soon(SpecWatcher(self.settings.specs_dir, self.poke).run)
                     result = await self._serve()
@@ -133,6 +144,8 @@ class Reconciler:
         while not self.stopping:
             wakes = [t for t in (result.plan.wake_at, self.health_wake()) if t is not None]
             await self._sleep(min(wakes, default=None))
+            if self._busy and not self.stopping:
+                await anyio.sleep(BURST_PACING * (result.finished_at - result.started_at))
             if not self.stopping:
                 result = await self.run_pass()
         return result
@@ -178,6 +191,7 @@ class Reconciler:
         handles = [r.handle for n, r in records.items() if r.handle is not None and n not in self._busy]
         observed = await self.drivers.observe(handles)
         now = self.clock()
+        events += self._adoptions(observed, now)
         records, more = absorb_observations(records, observed, now)
         events += more
         records = self._fold_probes(records, now)
@@ -192,11 +206,26 @@ class Reconciler:
         duration_ms = round((finished - started) * 1000, 3)
         events.append({"ts": finished, "event": "pass.completed", "actions": len(decided.actions), "duration_ms": duration_ms})
         await self._persist(dict(decided.records), events, last_pass=result)
-        self._watch_exits()
-        self._schedule_probes(now)
-        await self._rotate_logs()
+        if not self.once:
+            self._watch_exits()
+            self._schedule_probes(now)
+        if now - self._logs_checked_at >= LOG_CHECK_INTERVAL:
+            self._logs_checked_at = now
+            await self._rotate_logs()
         self.last_pass = result
         return result
+
+    def _adoptions(self, observed: dict[str, Any], now: float) -> list[Event]:
+        """`unit.adopted` for every process the ledger knew at start-up that still runs."""
+        if not self._adopting:
+            return []
+        adopted = [
+            {"ts": now, "event": "unit.adopted", "unit": name, "pid": observed[name].pid}
+            for name in sorted(self._adopting)
+            if name in observed and observed[name].state is ProcessState.RUNNING
+        ]
+        self._adopting = set()
+        return adopted
 
     def _read_desired(self) -> Desired:
         desired = self.reader.read()
@@ -214,7 +243,8 @@ class Reconciler:
         self, records: dict[str, UnitRecord], events: list[Event], last_pass: PassResult | None = None
     ) -> None:
         """Write what changed: only the ledger and the event log hold state."""
-        changed = [r for n, r in records.items() if self._saved.get(n) != r]
+        saved = self._saved
+        changed = [r for n, r in records.items() if saved.get(n) is not r and saved.get(n) != r]
         gone = [n for n in self._saved if n not in records]
         self.records = records
 
@@ -244,8 +274,10 @@ class Reconciler:
         self._task_group.start_soon(self._carry_out, action, handle, stop)
 
     async def _carry_out(self, action: Action, handle: Any, stop: StopSettings) -> None:
+        # Starts are bounded (each forks); stops are signals and waits, and all run at once.
+        limiter = self._limiter if action.kind != STOP else contextlib.nullcontext()
         try:
-            async with self._limiter:
+            async with limiter:
                 outcome = await carry_out(action, handle, stop, self.drivers, self.settings.state_dir, self.clock)
         finally:
             self._busy.pop(action.unit, None)
@@ -341,22 +373,12 @@ class Reconciler:
 
     # --- start and stop -----------------------------------------------------------------------
 
-    async def _announce_start(self, once: bool) -> None:
-        """Record who we are, then adopt every process the ledger knows that still runs."""
-        now = self.clock()
+    def _announce_start(self, once: bool) -> None:
+        """Record who we are; the first pass adopts what still runs (`unit.adopted`)."""
         self.ledger.set_reconciler(
-            os.getpid(), __version__, str(self.settings.specs_dir), str(self.settings.state_dir), now, running=not once
+            os.getpid(), __version__, str(self.settings.specs_dir), str(self.settings.state_dir), self.clock(), running=not once
         )
         self.events.append("reconciler.started", pid=os.getpid(), once=once, version=__version__)
-        handles = [r.handle for r in self.records.values() if r.handle is not None]
-        observed = await self.drivers.observe(handles)
-        adopted = [
-            {"ts": now, "event": "unit.adopted", "unit": name, "pid": obs.pid}
-            for name, obs in sorted(observed.items())
-            if obs.state is ProcessState.RUNNING
-        ]
-        if adopted:
-            self.events.append_many(adopted)
 
     async def _announce_stop(self, once: bool) -> None:
         def write() -> None:

@@ -9,6 +9,7 @@ signals are ``signal.Signals``, timestamps are float seconds since the epoch.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import signal
 from typing import Any, Mapping
@@ -128,13 +129,16 @@ class Spec:
     health: HealthCheck | None = None
     logs: LogSettings = LogSettings()
     resources: Resources = Resources()
-    process_hash: str = attrs.field(init=False, eq=False, repr=False)
-    content_hash: str = attrs.field(init=False, eq=False, repr=False)
 
-    def __attrs_post_init__(self) -> None:
-        # Computed once: the planner compares hashes of thousands of specs per pass.
-        object.__setattr__(self, "process_hash", _hash(self.process_view()))
-        object.__setattr__(self, "content_hash", _hash(spec_to_dict(self)))
+    # Cached on first use: the planner compares them for thousands of specs per pass,
+    # and specs loaded from the ledger are often compared by identity first.
+    @functools.cached_property
+    def process_hash(self) -> str:
+        return _hash(self.process_view())
+
+    @functools.cached_property
+    def content_hash(self) -> str:
+        return _hash(spec_to_dict(self))
 
     def process_view(self) -> dict[str, Any]:
         """What the running process can see; a change here needs a restart."""
@@ -169,7 +173,6 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
     return {
         f.name: attrs.asdict(value, value_serializer=plain) if attrs.has(type(value)) else plain(spec, f, value)
         for f in attrs.fields(Spec)
-        if f.init
         for value in (getattr(spec, f.name),)
     }
 
