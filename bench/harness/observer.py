@@ -73,6 +73,7 @@ class Observer:
             pid, t_ns, arg = int(rest[0]), int(rest[1]), rest[2]
             self.execs.setdefault(arg, []).append((pid, t_ns))
             self.arg_of[pid] = arg
+            self.exits.pop(pid, None)  # a reused pid: the exit on record was an earlier process's
             self._new.append(("E", pid, t_ns, arg))
         elif kind == "X":
             pid, t_ns = int(rest[0]), int(rest[1])

@@ -162,32 +162,30 @@ def markdown(res: dict, notes: str) -> str:
             lines.append("Samples: " + ", ".join(f"{s} {w[key][s]['summary']['n']}" for s in systems if s in w[key]))
     idle = w.get("idle")
     if idle:
-        win = idle.get("_window", {})
         lines += [
             "",
-            f"## 4. Idle cost: N = {res['sizes']['idle_n']} running, {win.get('seconds')} s, nothing happening",
-            "",
-            "All systems were up at once, each in its own cgroup; "
-            f"children exec'd during the window: {win.get('child_execs_during_window')}.",
+            f"## 4. Idle cost: N = {res['sizes']['idle_n']} running, {res['sizes']['idle_s']:g} s, nothing happening",
             "",
             "| system | CPU ms/min (supervisor) | CPU ms/min (all it runs) | RSS MiB | added processes | "
-            "added PSS KiB total | added PSS KiB per unit |",
-            "|---|---|---|---|---|---|---|",
+            "added PSS KiB total | added PSS KiB per unit | children running / exec'd in the window |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for s in systems:
             e = idle.get(s)
             if e:
                 lines.append(
                     f"| {s} | {_fmt(e['cpu_ms_per_min'])} | {_fmt(e['all_added_cpu_ms_per_min'], 2)} | {_fmt(e['rss_mib'])} | "
-                    f"{e['added_processes']} | {e['added_pss_kib_total']} | {_fmt(e['added_pss_kib_per_unit'])} |"
+                    f"{e['added_processes']} | {e['added_pss_kib_total']} | {_fmt(e['added_pss_kib_per_unit'])} | "
+                    f"{e['children_running']} / {e['child_execs_during_window']} |"
                 )
         lines += [
             "",
-            "Supervisor CPU is utime+stime of its process (clock ticks: 10 ms resolution over the window); "
-            "\"all it runs\" is the cgroup's `cpu.stat usage_usec` (µs) for the supervisor and everything it "
-            "spawned, children included. Added PSS: every process in the system's cgroup except the `sleep` "
-            "children (supervisor, shims), divided by N — it includes the supervisor's fixed cost. The raw "
-            "lower bound runs inside the harness: its CPU is its restarter thread's, it adds no process.",
+            "One system at a time. Supervisor CPU is utime+stime of its process (clock ticks: 10 ms "
+            "resolution over the window); \"all it runs\" is the cgroup's `cpu.stat usage_usec` (µs) for the "
+            "supervisor and everything it spawned, children included. Added PSS: every process in the "
+            "system's cgroup except the `sleep` children (supervisor, shims), divided by N — it includes the "
+            "supervisor's fixed cost. The raw lower bound runs inside the harness: its CPU is its restarter "
+            "thread's, it adds no process.",
         ]
     down = w.get("shutdown")
     if down:

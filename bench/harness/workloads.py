@@ -37,7 +37,7 @@ class Sizes:
     """Sizes and repetition counts: `full` is the issue's, the others only shrink them."""
 
     converge_n: tuple[int, ...] = (100, 500, 1000)
-    converge_reps: int = 5
+    converge_reps: int = 4
     churn_n: int = 100  # units running while one is added / killed
     churn_blocks: int = 5  # each block: a fresh instance per system, `churn_per_block` of each sample
     churn_per_block: int = 10
@@ -269,84 +269,67 @@ def kill_and_wait(bench: Bench, arg: str) -> int:
 
 
 def fleet(bench: Bench, with_idle: bool, with_status: bool) -> None:
-    """Every system up at once with idle_n units; measure each one's idle cost, then its status command."""
-    s = bench.sizes
-    n = s.idle_n
-    systems: list[System] = []
-    with contextlib.ExitStack() as stack:
-        for cls in bench.systems:
-            system = stack.enter_context(bench.running(cls))
+    """One system at a time with idle_n units: its idle cost, then its status command.
+
+    One at a time so that "nothing happening" holds for the whole machine, and so
+    that the largest process count stays that of one system.
+    """
+    n = bench.sizes.idle_n
+    idle: dict = {}
+    status: dict = {}
+    for cls in bench.systems:
+        with bench.running(cls) as system:
             try:
                 bench.converge(system, n)
-                systems.append(system)
+                bench.quiet(system, window=0.5)
+                if with_idle:
+                    idle[cls.name] = measure_idle(bench, system, n)
+                if with_status and system.status_command() is not None:
+                    status[cls.name] = measure_status(bench, system, n)
             except SYSTEM_FAILURES as exc:
                 bench.failed("idle/status", system, exc)
-        for system in systems:
-            bench.quiet(system, window=0.5)
-        if with_idle:
-            bench.results["idle"] = measure_idle(bench, systems, n)
-        if with_status:
-            bench.results["status"] = measure_status(bench, systems, n)
+        bench.log(f"  {cls.name}: " + ", ".join(f"{k} {v}" for k, v in idle.get(cls.name, {}).items() if k != "n"))
+    if with_idle:
+        bench.results["idle"] = idle
+    if with_status:
+        bench.results["status"] = status
 
 
-def measure_idle(bench: Bench, systems: list[System], n: int) -> dict:
-    s = bench.sizes
+def measure_idle(bench: Bench, system: System, n: int) -> dict:
     bench.observer.drain()
-    before = {sys.name: (sys.own_cpu_ticks(), sys.fence.cpu_usec()) for sys in systems}
     execs_before = sum(len(v) for v in bench.observer.execs.values())
+    own0, fence0 = system.own_cpu_ticks(), system.fence.cpu_usec()
     t0 = time.monotonic()
-    time.sleep(s.idle_s)  # the idle window being measured
+    time.sleep(bench.sizes.idle_s)  # the idle window being measured
+    own1, fence1 = system.own_cpu_ticks(), system.fence.cpu_usec()
     seconds = time.monotonic() - t0
-    after = {sys.name: (sys.own_cpu_ticks(), sys.fence.cpu_usec()) for sys in systems}
     bench.observer.drain()
-    execs_during = sum(len(v) for v in bench.observer.execs.values()) - execs_before
     per_minute = 60.0 / seconds
-    out = {}
-    for system in systems:
-        (own0, fence0), (own1, fence1) = before[system.name], after[system.name]
-        children = set(bench.child_pids(system).values())
-        added = system.added_pids(children)
-        pss = [procfs.pss_kib(pid) for pid in added]
-        pss_total = sum(p for p in pss if p is not None)
-        rss = system.rss_kib()
-        out[system.name] = {
-            "n": n,
-            "seconds": round(seconds, 2),
-            "cpu_ms_per_min": None if own0 is None else round((own1 - own0) * 1000 / procfs.CLOCK_TICKS * per_minute, 1),
-            "all_added_cpu_ms_per_min": None if fence0 is None else round((fence1 - fence0) / 1000 * per_minute, 2),
-            "rss_mib": None if rss is None else round(rss / 1024, 1),
-            "added_processes": len(added),
-            "added_pss_kib_total": pss_total,
-            "added_pss_kib_per_unit": round(pss_total / n, 1),
-            "children_running": len(children),
-        }
-    out["_window"] = {"seconds": round(seconds, 2), "child_execs_during_window": execs_during}
-    return out
-
-
-def measure_status(bench: Bench, systems: list[System], n: int) -> dict:
-    walls: dict[str, list[float]] = {}
-    checks: dict[str, str] = {}
-    with_command = [sys for sys in systems if sys.status_command() is not None]
-    for rep in range(bench.sizes.status_reps):
-        for system in rotated(with_command, rep) if with_command else []:
-            try:
-                wall, proc = bench.run_in_fence(system, system.status_command())
-            except SYSTEM_FAILURES as exc:
-                bench.failed("status", system, exc)
-                continue
-            walls.setdefault(system.name, []).append(round(wall * 1000, 2))
-            checks[system.name] = check_status_output(system, proc, n)
+    added = system.added_pids()
+    pss_total = sum(p for p in map(procfs.pss_kib, added) if p is not None)
+    rss = system.rss_kib()
     return {
-        name: {"samples_ms": v, "summary": summary(v), "command": " ".join(sys_cmd(systems, name)), "check": checks[name]}
-        for name, v in walls.items()
+        "n": n,
+        "seconds": round(seconds, 2),
+        "cpu_ms_per_min": None if own0 is None else round((own1 - own0) * 1000 / procfs.CLOCK_TICKS * per_minute, 1),
+        "all_added_cpu_ms_per_min": None if fence0 is None else round((fence1 - fence0) / 1000 * per_minute, 2),
+        "rss_mib": None if rss is None else round(rss / 1024, 1),
+        "added_processes": len(added),
+        "added_pss_kib_total": pss_total,
+        "added_pss_kib_per_unit": round(pss_total / n, 1),
+        "children_running": len(bench.child_pids(system)),
+        "child_execs_during_window": sum(len(v) for v in bench.observer.execs.values()) - execs_before,
     }
 
 
-def sys_cmd(systems: list[System], name: str) -> list[str]:
-    """The status command as a reader would type it: file arguments by their base name."""
-    system = next(s for s in systems if s.name == name)
-    return [os.path.basename(a) if a.startswith("/") else a for a in system.status_command()]
+def measure_status(bench: Bench, system: System, n: int) -> dict:
+    walls = []
+    for _ in range(bench.sizes.status_reps):
+        wall, proc = bench.run_in_fence(system, system.status_command())
+        walls.append(round(wall * 1000, 2))
+    command = [os.path.basename(a) if a.startswith("/") else a for a in system.status_command()]
+    check = check_status_output(system, proc, n)
+    return {"samples_ms": walls, "summary": summary(walls), "command": " ".join(command), "check": check}
 
 
 def check_status_output(system: System, proc: subprocess.CompletedProcess, n: int) -> str:

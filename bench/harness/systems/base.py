@@ -115,9 +115,13 @@ class System(abc.ABC):
     def rss_kib(self) -> int | None:
         return None if self.process is None else procfs.status_kib(self.process.pid, "VmRSS")
 
-    def added_pids(self, children: set[int]) -> list[int]:
+    def added_pids(self) -> list[int]:
         """Every process the system runs besides the children themselves (supervisor, shims)."""
-        return [pid for pid in self.fence.pids() if pid not in children]
+        return [pid for pid in self.fence.pids() if not self.is_child(pid)]
+
+    def is_child(self, pid: int) -> bool:
+        arg = procfs.sleep_arg(procfs.cmdline(pid))
+        return arg is not None and arg.startswith(self.prefix)
 
     def status_command(self) -> list[str] | None:
         """The command that lists every unit's state (run with `self.env`), if the system has one."""

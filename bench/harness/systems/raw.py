@@ -104,7 +104,7 @@ class Raw(System):
     def rss_kib(self) -> int | None:
         return None  # in-process: nothing of its own to weigh
 
-    def added_pids(self, children: set[int]) -> list[int]:
+    def added_pids(self) -> list[int]:
         return []
 
     def teardown(self) -> None:
