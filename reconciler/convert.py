@@ -30,6 +30,7 @@ from .driver import driver_names
 from .errors import SpecError
 from .model import (
     NAME_PATTERN,
+    SPEC_FORMATS,
     HealthCheck,
     HealthType,
     LogSettings,
@@ -42,7 +43,7 @@ from .model import (
 )
 
 # Extension -> format name used in syntax errors.
-FORMATS = {".toml": "TOML", ".json": "JSON", ".yaml": "YAML", ".yml": "YAML"}
+FORMATS = SPEC_FORMATS
 
 BUILTIN_DRIVERS = ("auto", "posix", "systemd", "launchd", "windows")
 NAME_RULE = NAME_PATTERN.strip("^$")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import ssl
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -99,7 +98,9 @@ def _judge_status_line(line: bytes) -> ProbeResult:
     return ProbeResult(200 <= status < 400, f"HTTP {status}")
 
 
-def _unverified_tls() -> ssl.SSLContext:
+def _unverified_tls() -> "ssl.SSLContext":
+    import ssl  # only https checks need it
+
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

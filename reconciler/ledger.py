@@ -85,6 +85,13 @@ def _spec_problems(db: Database) -> None:
     db["spec_problems"].create({"path": str, "error": str}, pk="path")
 
 
+@MIGRATIONS(name="0003_spec_files")
+def _spec_files(db: Database) -> None:
+    # The stat key of each spec file with the content hash of the spec parsed from it,
+    # so a new process (`--once`, a restarted daemon) need not parse unchanged files.
+    db["spec_files"].create({"path": str, "stat_key": str, "content_hash": str}, pk="path")
+
+
 class SpecMemo:
     """Spec <-> JSON text, remembered per unit name.
 
@@ -193,6 +200,28 @@ class Ledger:
             db.conn.executemany("DELETE FROM restart_requests WHERE name = ?", keys)
             for (name,) in keys:
                 self._specs.forget(name)
+
+    # --- spec files ---------------------------------------------------------------
+
+    def spec_files(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """path -> (stat key, content hash) of the spec last parsed from that file."""
+        return {
+            row["path"]: (tuple(orjson.loads(row["stat_key"])), row["content_hash"])
+            for row in self._select("spec_files")
+        }
+
+    def save_spec_files(self, changed: dict[str, tuple[tuple[int, ...], str]], removed: Iterable[str]) -> None:
+        rows = [
+            {"path": path, "stat_key": orjson.dumps(list(key)).decode(), "content_hash": content_hash}
+            for path, (key, content_hash) in changed.items()
+        ]
+        gone = [(path,) for path in removed]
+        if not rows and not gone:
+            return
+        with self._transaction() as db:
+            if rows:
+                db["spec_files"].upsert_all(rows, pk="path")
+            db.conn.executemany("DELETE FROM spec_files WHERE path = ?", gone)
 
     # --- restart requests ------------------------------------------------------
 

@@ -84,6 +84,8 @@ class Reconciler:
         self._known_specs = index_of_records(self.records)
         self._known_problems = {p.path: p.error for p in self.ledger.problems()}
         self._adopting = {name for name, rec in self.records.items() if rec.handle is not None}
+        self._spec_files = self.ledger.spec_files()
+        self._seed_reader()
         self._logs_checked_at = 0.0
         self._busy: dict[str, Action] = {}
         self._outcomes: list[Outcome] = []
@@ -115,6 +117,8 @@ class Reconciler:
     async def run(self, *, once: bool = False) -> PassResult:
         """Reconcile until stopped (or, with `once`, until a pass has nothing left to do)."""
         self.once = once
+        if once:
+            self._adopting = set()  # cron's --once continues the last pass's work; nothing is taken over
         async with anyio.create_task_group() as tg:
             self._task_group = tg
             tg.start_soon(self.reaper.run)
@@ -231,6 +235,21 @@ class Reconciler:
         desired = self.reader.read()
         return attrs.evolve(desired, restart_requests=self.ledger.restart_requests())
 
+    def _seed_reader(self) -> None:
+        """Start from the specs an earlier process parsed, where the files have not changed."""
+        for rec in self.records.values():
+            spec = rec.spec
+            known = self._spec_files.get(spec.path) if spec is not None else None
+            if spec is not None and known is not None and known[1] == spec.content_hash:
+                self.reader.seed(spec.path, known[0], spec)
+
+    def _spec_file_changes(self) -> tuple[dict[str, tuple[tuple[int, ...], str]], list[str]]:
+        current = {path: (key, spec.content_hash) for path, (key, spec) in self.reader.fingerprints().items()}
+        changed = {path: value for path, value in current.items() if self._spec_files.get(path) != value}
+        removed = [path for path in self._spec_files if path not in current]
+        self._spec_files = current
+        return changed, removed
+
     def _fold_outcomes(self, records: dict[str, UnitRecord]) -> tuple[dict[str, UnitRecord], list[Event]]:
         events: list[Event] = []
         outcomes, self._outcomes = self._outcomes, []
@@ -247,12 +266,14 @@ class Reconciler:
         changed = [r for n, r in records.items() if saved.get(n) is not r and saved.get(n) != r]
         gone = [n for n in self._saved if n not in records]
         self.records = records
+        spec_files, spec_files_gone = self._spec_file_changes() if last_pass is not None else ({}, [])
 
         def write() -> None:
             if changed:
                 self.ledger.save(changed)
             if gone:
                 self.ledger.forget(gone)
+            self.ledger.save_spec_files(spec_files, spec_files_gone)
             if events:
                 self.events.append_many(events)
             if last_pass is not None:

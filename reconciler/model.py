@@ -18,6 +18,8 @@ import attrs
 import orjson
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+# Spec file extensions and the format each is read as.
+SPEC_FORMATS = {".toml": "TOML", ".json": "JSON", ".yaml": "YAML", ".yml": "YAML"}
 
 
 class RestartPolicy(str, enum.Enum):
@@ -161,20 +163,27 @@ def _hash(value: Any) -> str:
 
 
 def spec_to_dict(spec: Spec) -> dict[str, Any]:
-    """A JSON-ready dict of a spec (durations in seconds, signals by name)."""
+    """A JSON-ready dict of a spec (durations in seconds, signals by name).
 
-    def plain(inst: Any, field: attrs.Attribute, value: Any) -> Any:
-        if isinstance(value, signal.Signals):
-            return value.name
-        if isinstance(value, enum.Enum):
-            return value.value
-        return value
+    Hand-rolled rather than `attrs.asdict`: it runs for every spec a process
+    loads (content hashes), and the generic walk costs several times more.
+    """
+    return {name: _plain(getattr(spec, name)) for name in _field_names(Spec)}
 
-    return {
-        f.name: attrs.asdict(value, value_serializer=plain) if attrs.has(type(value)) else plain(spec, f, value)
-        for f in attrs.fields(Spec)
-        for value in (getattr(spec, f.name),)
-    }
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, signal.Signals):
+        return value.name
+    if isinstance(value, enum.Enum):
+        return value.value
+    if attrs.has(type(value)):
+        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
+    return value
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in attrs.fields(cls))
 
 
 def spec_from_dict(data: Mapping[str, Any]) -> Spec:

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import attrs
 
-from .convert import FORMATS, parse_spec, quote
 from .errors import SpecError
-from .model import Desired, Spec, SpecProblem
+from .model import SPEC_FORMATS, Desired, Spec, SpecProblem
+
+# The parser (cattrs, PyYAML) is imported when a file must really be parsed: a
+# process that finds every file unchanged (`--once`, `status`) never pays for it.
 
 # Editor, download and backup leftovers: never specs, whatever their extension.
 IGNORED_ENDINGS = ("~", ".swp", ".swx", ".tmp", ".part", ".bak", ".orig")
@@ -32,7 +34,7 @@ def is_spec_name(name: str) -> bool:
     return (
         not name.startswith(".")
         and not name.endswith(IGNORED_ENDINGS)
-        and os.path.splitext(name)[1] in FORMATS
+        and os.path.splitext(name)[1] in SPEC_FORMATS
     )
 
 
@@ -72,6 +74,18 @@ class SpecReader:
         self.trusted_uids = trusted_uids
         self.parse_count = 0
         self._cache: dict[str, _Cached] = {}
+
+    def seed(self, path: str, key: StatKey, spec: Spec) -> None:
+        """Trust that `spec` is what the file at `path` with this stat key parses to.
+
+        Lets a new process start from what an earlier one parsed (kept in the
+        ledger): a file whose stat key still matches is not parsed again.
+        """
+        self._cache[path] = _Cached(key, spec)
+
+    def fingerprints(self) -> dict[str, tuple[StatKey, Spec]]:
+        """path -> (stat key, spec) of every file that currently parses to a valid spec."""
+        return {path: (c.key, c.outcome) for path, c in self._cache.items() if isinstance(c.outcome, Spec)}
 
     def read(self) -> Desired:
         outcomes, scan = self._collect()
@@ -124,6 +138,8 @@ class SpecReader:
             outcome = SpecProblem(path, f"file is larger than {MAX_SPEC_BYTES} bytes")
         else:
             try:
+                from .convert import parse_spec
+
                 outcome = parse_spec(data, path=path, specs_dir=self.specs_dir)
             except SpecError as exc:
                 outcome = SpecProblem(path, exc.reason())
@@ -221,6 +237,8 @@ def _assemble(outcomes: Iterable[Outcome], problems: Iterable[SpecProblem], comp
             continue
         for spec in claimants:
             others = ", ".join(sorted(other.path for other in claimants if other is not spec))
+            from .convert import quote
+
             all_problems.append(SpecProblem(spec.path, f"name: duplicate unit name {quote(name)} (also in {others})"))
     return Desired(
         specs=specs,

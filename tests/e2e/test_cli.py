@@ -96,3 +96,21 @@ def test_missing_specs_directory_stops_nothing(rc):
     os.rename(rc.specs, rc.specs.with_name("specs-away"))
     rc.cli("--once")
     assert rc.unit("keep")["pid"] == pid and proc_alive(pid)
+
+
+def test_a_new_process_does_not_parse_unchanged_specs(rc):
+    from reconciler.loop import Reconciler
+    from reconciler.settings import Settings
+
+    path = rc.spec("a.toml", 'command = ["sleep", "9801"]\n')
+    rc.spec("b.toml", 'command = ["sleep", "9802"]\n')
+    rc.cli("--once", check=0)
+    reconciler = Reconciler(Settings(specs_dir=rc.specs, state_dir=rc.state))
+    try:
+        assert set(reconciler.reader.read().specs) == {"a", "b"}
+        assert reconciler.reader.parse_count == 0
+        rc.spec("a.toml", 'command = ["sleep", "9803"]\n')
+        assert reconciler.reader.read().specs["a"].command == ("sleep", "9803")
+        assert reconciler.reader.parse_count == 1
+    finally:
+        reconciler.ledger.close()

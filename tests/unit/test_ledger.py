@@ -259,7 +259,7 @@ def test_reopening_applies_the_schema_once(ledger_path: Path):
         journal_mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     finally:
         conn.close()
-    assert migrations == [("0001_initial",), ("0002_spec_problems",)]
+    assert migrations == [("0001_initial",), ("0002_spec_problems",), ("0003_spec_files",)]
     assert journal_mode == "wal"
 
 
@@ -392,3 +392,10 @@ def test_a_daemon_and_a_cli_process_write_at_once(ledger_path: Path, processes):
         tokens = daemon.restart_requests()
     last = {f"u{i % 7}": f"token-{i}" for i in range(rounds)}
     assert tokens == last
+
+
+def test_spec_files_round_trip(ledger_path: Path):
+    with Ledger(ledger_path) as ledger:
+        ledger.save_spec_files({"/s/a.toml": ((1, 2, 3, 4, 5, 6, 7), "sha256:a"), "/s/b.toml": ((8,) * 7, "sha256:b")}, [])
+        ledger.save_spec_files({}, ["/s/b.toml"])
+        assert ledger.spec_files() == {"/s/a.toml": ((1, 2, 3, 4, 5, 6, 7), "sha256:a")}
