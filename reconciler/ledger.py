@@ -16,81 +16,19 @@ import sqlite3
 import threading
 import urllib.parse
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import attrs
 import orjson
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 from .model import Handle, Health, Spec, SpecProblem, UnitRecord, UnitState, spec_from_dict, spec_to_dict
 
 # Long enough to outlast any one write of the other process (a pass saves
 # thousands of rows in well under a second); short enough to report a wedged peer.
 BUSY_TIMEOUT_SECONDS = 10.0
-
-MIGRATIONS = Migrations("reconciler.ledger")
-
-
-@MIGRATIONS(name="0001_initial")
-def _initial_schema(db: Database) -> None:
-    # Spelled out rather than derived from UnitRecord: a migration is frozen in time.
-    db["units"].create(
-        {
-            "name": str,
-            "spec": str,  # JSON of model.spec_to_dict
-            "handle": str,  # JSON of Handle.to_json
-            "desired": str,
-            "state": str,
-            "pid": int,
-            "started_at": float,
-            "restarts": int,
-            "failures": int,
-            "exit_code": int,
-            "exit_signal": int,
-            "exited_at": float,
-            "next_retry_at": float,
-            "health": str,
-            "health_failures": int,
-            "health_checked_at": float,
-            "message": str,
-            "restart_token": str,
-            "updated_at": float,
-        },
-        pk="name",
-        not_null={"desired", "state", "restarts", "failures", "health", "health_failures", "message"},
-    )
-    db["restart_requests"].create({"name": str, "token": str, "requested_at": float}, pk="name")
-    # Single-row tables (id = 1): the latest pass, and the daemon that wrote last.
-    db["last_pass"].create(
-        {"id": int, "started_at": float, "finished_at": float, "actions": int, "errors": int}, pk="id"
-    )
-    db["reconciler"].create(
-        {
-            "id": int,
-            "pid": int,
-            "version": str,
-            "specs_dir": str,
-            "state_dir": str,
-            "started_at": float,
-            "running": int,
-        },
-        pk="id",
-    )
-
-
-@MIGRATIONS(name="0002_spec_problems")
-def _spec_problems(db: Database) -> None:
-    # The invalid spec files of the latest pass, for `status` (`invalid_specs`).
-    db["spec_problems"].create({"path": str, "error": str}, pk="path")
-
-
-@MIGRATIONS(name="0003_spec_files")
-def _spec_files(db: Database) -> None:
-    # The stat key of each spec file with the content hash of the spec parsed from it,
-    # so a new process (`--once`, a restarted daemon) need not parse unchanged files.
-    db["spec_files"].create({"path": str, "stat_key": str, "content_hash": str}, pk="path")
-
 
 class SpecMemo:
     """Spec <-> JSON text, remembered per unit name.
@@ -161,8 +99,14 @@ class Ledger:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
-        self._db = Database(conn, execute_plugins=False)
+        self._conn = conn
+        self._db: Database | None = None
         if not _readonly:
+            from sqlite_utils import Database  # writers only: its import is most of a reader's start-up
+
+            from .ledger_schema import MIGRATIONS
+
+            self._db = Database(conn, execute_plugins=False)
             self._db.enable_wal()
             # Safe in WAL mode (no corruption on power loss, at worst the last
             # commits are lost) and it spares an fsync per pass.
@@ -301,7 +245,7 @@ class Ledger:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._conn.close()
 
     def __enter__(self) -> "Ledger":
         return self
@@ -318,6 +262,8 @@ class Ledger:
         BEGIN IMMEDIATE makes a busy peer wait out the busy timeout at the
         start; a deferred BEGIN that reads first could fail mid-way instead.
         """
+        if self._db is None:
+            raise sqlite3.OperationalError("the ledger was opened read-only")
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -331,6 +277,9 @@ class Ledger:
         """All rows of a table; none if the table does not exist yet (a read-only
         ledger opened before the daemon created the schema)."""
         with self._lock:
-            if not self._db.table(table).exists():
+            exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+            if self._conn.execute(exists, (table,)).fetchone() is None:
                 return []
-            return list(self._db.query(f"SELECT * FROM [{table}]"))
+            cursor = self._conn.execute(f"SELECT * FROM [{table}]")
+            columns = [d[0] for d in cursor.description]
+            return [dict(zip(columns, row)) for row in cursor]

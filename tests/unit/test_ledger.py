@@ -15,7 +15,8 @@ import attrs
 import pytest
 from sqlite_utils import Database
 
-from reconciler.ledger import MIGRATIONS, Ledger, SpecMemo, record_to_row
+from reconciler.ledger import Ledger, SpecMemo, record_to_row
+from reconciler.ledger_schema import MIGRATIONS
 from reconciler.model import (
     Handle,
     Health,
@@ -364,7 +365,8 @@ import sys
 from pathlib import Path
 from sqlite_utils import Database
 
-from reconciler.ledger import MIGRATIONS, Ledger, SpecMemo, record_to_row
+from reconciler.ledger import Ledger, SpecMemo, record_to_row
+from reconciler.ledger_schema import MIGRATIONS
 with Ledger(Path(sys.argv[1])) as ledger:
     print("ready", flush=True)
     for i in range(int(sys.argv[2])):
