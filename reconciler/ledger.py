@@ -126,6 +126,10 @@ class Ledger:
     def units(self) -> dict[str, UnitRecord]:
         return {row["name"]: record_from_row(row, self._specs) for row in self._select("units")}
 
+    def unit_rows(self) -> list[dict[str, Any]]:
+        """The `units` rows as stored (spec and handle as JSON text): cheap reads for `status`."""
+        return self._select("units")
+
     def save(self, records: Iterable[UnitRecord]) -> None:
         """Upsert the records in one transaction (one commit for the whole pass)."""
         rows = [record_to_row(record, self._specs) for record in records]

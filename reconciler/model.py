@@ -136,26 +136,24 @@ class Spec:
     # and specs loaded from the ledger are often compared by identity first.
     @functools.cached_property
     def process_hash(self) -> str:
-        return _hash(self.process_view())
+        return process_hash_of({name: getattr(self, name) for name in PROCESS_FIELDS})
 
     @functools.cached_property
     def content_hash(self) -> str:
         return _hash(spec_to_dict(self))
 
-    def process_view(self) -> dict[str, Any]:
-        """What the running process can see; a change here needs a restart."""
-        return {
-            "command": list(self.command),
-            "cwd": self.cwd,
-            "env": [list(kv) for kv in self.env],
-            "user": self.user,
-            "group": self.group,
-            "driver": self.driver,
-        }
-
     @property
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)
+
+
+# What the running process can see: a change to any of these needs a restart.
+PROCESS_FIELDS = ("command", "cwd", "env", "user", "group", "driver")
+
+
+def process_hash_of(values: Mapping[str, Any]) -> str:
+    """`Spec.process_hash` from a spec or its `spec_to_dict` form (tuples and lists hash alike)."""
+    return _hash({name: values[name] for name in PROCESS_FIELDS})
 
 
 def _hash(value: Any) -> str:

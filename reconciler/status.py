@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import attrs
+import orjson
 
 from . import __version__
 from .driver import DriverSet
@@ -20,7 +21,7 @@ from .errors import UsageError
 from .eventlog import EventLog
 from .ledger import Ledger
 from .memory import absorb_observations
-from .model import Observation, ProcessState, SpecProblem, UnitRecord, iso_utc
+from .model import Handle, Observation, ProcessState, SpecProblem, UnitRecord, iso_utc, process_hash_of
 from .plan import Action, effective_desired, plan
 from .settings import Settings
 from .specs import SpecReader
@@ -29,8 +30,7 @@ from .statedir import holder_pid
 SCHEMA = 1
 
 
-def _observe(settings: Settings, records: dict[str, UnitRecord]) -> dict[str, Observation]:
-    handles = [r.handle for r in records.values() if r.handle is not None]
+def _observe(settings: Settings, handles: list[Handle]) -> dict[str, Observation]:
     if not handles:
         return {}
 
@@ -45,16 +45,23 @@ def _observe(settings: Settings, records: dict[str, UnitRecord]) -> dict[str, Ob
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
-    """The contract's status document (schema 1)."""
+    """The contract's status document (schema 1).
+
+    Built from the ledger's rows as stored: scripts call this often, and
+    turning 1000 rows into full records would cost more than the rest.
+    """
     ledger = Ledger.open_readonly(settings.ledger_path)
-    records: dict[str, UnitRecord] = {}
+    rows: list[dict[str, Any]] = []
     info: dict[str, Any] | None = None
     last_pass = None
     problems: list[SpecProblem] = []
     if ledger is not None:
         with ledger:
-            records, info, last_pass, problems = ledger.units(), ledger.reconciler(), ledger.last_pass(), ledger.problems()
-    observed = _observe(settings, records)
+            rows, info, last_pass, problems = ledger.unit_rows(), ledger.reconciler(), ledger.last_pass(), ledger.problems()
+    for row in rows:
+        row["handle"] = None if row["handle"] is None else Handle.from_json(orjson.loads(row["handle"]))
+        row["spec"] = None if row["spec"] is None else orjson.loads(row["spec"])
+    observed = _observe(settings, [row["handle"] for row in rows if row["handle"] is not None])
     holder = holder_pid(settings.lock_path)
     daemon_pid = holder or (info or {}).get("pid")
     return {
@@ -74,15 +81,17 @@ def collect_status(settings: Settings) -> dict[str, Any]:
                 "errors": last_pass["errors"],
             },
         },
-        "units": [_unit_view(rec, observed.get(name)) for name, rec in sorted(records.items())],
+        "units": [_unit_view(row, observed.get(row["name"])) for row in sorted(rows, key=lambda r: r["name"])],
         "invalid_specs": [{"path": p.path, "error": p.error} for p in problems],
     }
 
 
-def _unit_view(rec: UnitRecord, obs: Observation | None) -> dict[str, Any]:
-    state, pid, message = rec.state.value, rec.pid, rec.message
-    exit_code, exit_signal, started_at = rec.exit_code, rec.exit_signal, rec.started_at
-    if rec.handle is not None and obs is not None:
+def _unit_view(row: dict[str, Any], obs: Observation | None) -> dict[str, Any]:
+    """One unit as the contract shows it, from its ledger row and what the OS says now."""
+    state, pid, message = row["state"], row["pid"], row["message"]
+    exit_code, exit_signal, started_at = row["exit_code"], row["exit_signal"], row["started_at"]
+    handle: Handle | None = row["handle"]
+    if handle is not None and obs is not None:
         if obs.state is ProcessState.RUNNING:
             pid = obs.pid
         elif obs.state is ProcessState.UNKNOWN:
@@ -91,21 +100,21 @@ def _unit_view(rec: UnitRecord, obs: Observation | None) -> dict[str, Any]:
             # Gone since the reconciler last looked: report what the OS says, never "running".
             state, pid, message = "exited", None, obs.message or "exited since the last pass"
             exit_code, exit_signal = obs.exit_code, obs.exit_signal
-    spec = rec.spec
+    spec = row["spec"]
     return {
-        "name": rec.name,
-        "driver": rec.handle.driver if rec.handle is not None else (spec.driver if spec else None),
-        "spec_path": spec.path if spec else None,
-        "spec_hash": spec.process_hash if spec else None,
-        "desired": rec.desired,
+        "name": row["name"],
+        "driver": handle.driver if handle is not None else (spec["driver"] if spec else None),
+        "spec_path": spec["path"] if spec else None,
+        "spec_hash": process_hash_of(spec) if spec else None,
+        "desired": row["desired"],
         "state": state,
         "pid": pid,
         "started_at": iso_utc(started_at) if pid is not None else None,
-        "restarts": rec.restarts,
+        "restarts": row["restarts"],
         "exit_code": exit_code,
         "exit_signal": exit_signal,
-        "health": rec.health.value,
-        "next_retry_at": iso_utc(rec.next_retry_at) if state == "backoff" else None,
+        "health": row["health"],
+        "next_retry_at": iso_utc(row["next_retry_at"]) if state == "backoff" else None,
         "message": message,
     }
 
@@ -145,7 +154,8 @@ def preview_plan(settings: Settings) -> tuple[tuple[Action, ...], tuple[SpecProb
     import time
 
     now = time.time()
-    records, _ = absorb_observations(records, _observe(settings, records), now)
+    handles = [r.handle for r in records.values() if r.handle is not None]
+    records, _ = absorb_observations(records, _observe(settings, handles), now)
     return plan(desired, records, now).actions, desired.problems
 
 
