@@ -125,16 +125,21 @@ def _lookup(by_name, by_id, value: str, what: str):
 
 
 def prepare_status_file(state_dir: Path, unit: str, ids: Ids | None) -> Path:
-    """STATE/run/<unit>/status; the directory belongs to the unit's user so its shim can write there."""
+    """STATE/run/<unit>/status; the directory belongs to the unit's user so its shim can write there.
+
+    The shim rewrites the file in place: a record left by a run under other ids is removed first.
+    """
     run_dir = state_dir / "run" / unit
     run_dir.mkdir(parents=True, exist_ok=True)
+    status_file = run_dir / "status"
     if ids is not None:
         os.chown(run_dir, -1 if ids.uid is None else ids.uid, -1 if ids.gid is None else ids.gid)
-    return run_dir / "status"
+        status_file.unlink(missing_ok=True)
+    return status_file
 
 
-def shim_argv(status_file: Path, spec: Spec) -> tuple[str, ...]:
-    return (SHELL, SHIM, str(status_file), spec.cwd, *spec.command)
+def shim_argv(status_file: Path, token: str, spec: Spec) -> tuple[str, ...]:
+    return (SHELL, SHIM, str(status_file), token, spec.cwd, *spec.command)
 
 
 def open_log(path: Path) -> int:

@@ -6,6 +6,7 @@ is its foreground child. The driver knows a unit's process by pid + start ticks
 and never reported running. Exit facts come, most exact first, from the kernel
 (PIDFD_GET_INFO after the shim reaped the child; /proc/PID/stat of a zombie),
 then from the status file the shim writes, which outlives the reconciler.
+A random token names each start, so a record is never taken for another's.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Identity:
     shim_start_ticks: int
     pgid: int
     status_file: str
+    token: str | None  # None for handles from before tokens: their shim records "PID START_TICKS STATUS"
 
     @property
     def key(self) -> tuple[int, int]:
@@ -67,6 +69,7 @@ class Identity:
                 shim_start_ticks=int(data["shim_start_ticks"]),
                 pgid=int(data["pgid"]),
                 status_file=str(data["status_file"]),
+                token=None if data.get("token") is None else str(data["token"]),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -74,27 +77,28 @@ class Identity:
 
 @attrs.frozen
 class ShimRecord:
-    """What the shim wrote: "PID START_TICKS STATUS" (STATUS is sh's $?), and when."""
+    """What the shim wrote about the start the handle names: sh's $? for the command, and when."""
 
-    pid: int
-    start_ticks: int
     status: int
     written_at: float
 
 
 def read_shim_record(ident: Identity) -> ShimRecord | None:
-    """The shim's record for exactly this process; a stale file of an earlier run is ignored."""
+    """The shim's record of exactly this start; a file left by another start is ignored."""
     try:
         with open(ident.status_file, "rb") as f:
             text = f.read()
             written_at = os.fstat(f.fileno()).st_mtime
     except FileNotFoundError:
         return None
-    fields = text.split()
-    if len(fields) != 3 or not all(field.isdigit() for field in fields):
+    *key, status = text.split() or [b""]
+    if not status.isdigit():
         return None
-    record = ShimRecord(int(fields[0]), int(fields[1]), int(fields[2]), written_at)
-    return record if (record.pid, record.start_ticks) == ident.key else None
+    if ident.token is not None:
+        expected = [ident.token.encode()]
+    else:
+        expected = [str(ident.pid).encode(), str(ident.start_ticks).encode()]
+    return ShimRecord(int(status), written_at) if key == expected else None
 
 
 def exit_facts(wait_status: int | None, record: ShimRecord | None) -> tuple[int | None, int | None, str]:
@@ -193,10 +197,11 @@ class PosixDriver(Driver):
         _spawn.check_command(spec, env)
         ids = _spawn.resolve_ids(spec)
         status_file = _spawn.prepare_status_file(self.state_dir, spec.name, ids)
-        shim = _spawn.spawn_shim(launch, _spawn.shim_argv(status_file, spec), env, ids)
+        token = os.urandom(8).hex()
+        shim = _spawn.spawn_shim(launch, _spawn.shim_argv(status_file, token, spec), env, ids)
         try:
             with anyio.move_on_after(START_TIMEOUT) as timer:
-                ident, confirmed = await self._confirm_start(shim, status_file, launch)
+                ident, confirmed = await self._confirm_start(shim, status_file, token, launch)
             if timer.cancelled_caught:
                 if not _linux.exited([shim.pidfd]):
                     UnitGroup(shim.pid, None, shim.pidfd).send(SIGKILL)
@@ -222,7 +227,9 @@ class PosixDriver(Driver):
                 )
         return handle
 
-    async def _confirm_start(self, shim: _spawn.Spawned, status_file: Path, launch: Launch) -> tuple[Identity, bool]:
+    async def _confirm_start(
+        self, shim: _spawn.Spawned, status_file: Path, token: str, launch: Launch
+    ) -> tuple[Identity, bool]:
         """Read the command's pid from the shim, pin it with a pidfd, wait for its exec.
 
         Returns its identity and whether the exec was seen (False: it was already gone).
@@ -239,6 +246,7 @@ class PosixDriver(Driver):
             shim_start_ticks=shim.start_ticks,
             pgid=shim.pid,
             status_file=str(status_file),
+            token=token,
         )
         pidfd = self._pidfds.get(ident)
         if pidfd is None:

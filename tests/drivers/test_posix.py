@@ -48,12 +48,26 @@ def status_file(handle: Handle) -> Path:
     return Path(handle.data["status_file"])
 
 
+def recorded_status(handle: Handle) -> str | None:
+    """The status the shim recorded for this start, None until it has."""
+    try:
+        fields = status_file(handle).read_text().split()
+    except FileNotFoundError:
+        return None
+    return fields[1] if len(fields) == 2 and fields[0] == handle.data["token"] else None
+
+
+async def shim_record(h, handle: Handle) -> str:
+    await h.wait_until(lambda: recorded_status(handle) is not None, what="the shim's record")
+    return recorded_status(handle)
+
+
 async def exited_unobserved(h, then: str) -> Handle:
     """Start a unit, close the driver, let the unit run `then`, wait for the shim's record."""
     handle = await h.start(h.gate(then))
     await h.driver.aclose()
     h.release()
-    await h.wait_until(status_file(handle).exists, what="the shim's record")
+    await shim_record(h, handle)
     return handle
 
 
@@ -72,12 +86,12 @@ async def exited_unobserved(h, then: str) -> Handle:
     ],
 )
 def test_exit_facts(wait_status, shell_status, expected):
-    record = None if shell_status is None else ShimRecord(1, 1, shell_status, 0.0)
+    record = None if shell_status is None else ShimRecord(shell_status, 0.0)
     assert exit_facts(wait_status, record) == expected
 
 
 def test_exit_facts_above_128_from_the_record_are_ambiguous():
-    code, sig, message = exit_facts(None, ShimRecord(1, 1, 137, 0.0))
+    code, sig, message = exit_facts(None, ShimRecord(137, 0.0))
     assert (code, sig) == (None, None)
     assert message == (
         "exit status 137: killed by signal 9 or exited with code 137; the shim's record cannot tell which"
@@ -91,13 +105,34 @@ def test_available_here():
 # --- the shim's record -------------------------------------------------------------
 
 
-async def test_the_shim_records_pid_start_ticks_and_status(posix):
+async def test_the_shim_records_its_token_and_status(posix):
     handle = await posix.start(posix.gate("exit 7"))
     posix.release()
-    await posix.wait_until(status_file(handle).exists, what="the shim's record")
 
-    assert status_file(handle).read_text() == f"{handle.pid} {handle.data['start_ticks']} 7\n"
+    assert await shim_record(posix, handle) == "7"
+    assert status_file(handle).read_text() == f"{handle.data['token']} 7\n"
     assert status_file(handle).parent == posix.state_dir / "run" / "unit"
+
+
+async def test_each_start_has_its_own_token(posix):
+    first = await posix.start(["true"])
+    second = await posix.start(["true"])
+
+    assert first.data["token"] != second.data["token"]
+
+
+async def test_a_record_in_the_old_format_still_counts_for_a_handle_without_token(posix):
+    handle = await posix.start(posix.gate("exit 7"))
+    posix.release()
+    await shim_record(posix, handle)
+    old = attrs.evolve(handle, data={k: v for k, v in handle.data.items() if k != "token"})
+    status_file(old).write_text(f"{handle.pid} {handle.data['start_ticks']} 9\n")
+    await posix.wait_until(lambda: not posix.alive(handle.data["shim_pid"]), what="the shim to exit")
+
+    observed = (await posix.new_driver().observe([old]))["unit"]
+    mine = (await posix.new_driver().observe([handle]))["unit"]
+
+    assert (observed.exit_code, mine.exit_code, mine.message) == (9, None, UNRECORDED)
 
 
 async def test_the_shim_outlives_the_stop_signal_and_records_it(posix):
@@ -105,8 +140,7 @@ async def test_the_shim_outlives_the_stop_signal_and_records_it(posix):
 
     await posix.driver.stop(handle, signal.SIGTERM, 10.0)
 
-    await posix.wait_until(status_file(handle).exists, what="the shim's record")
-    assert status_file(handle).read_text().split()[2] == str(128 + signal.SIGTERM)
+    assert await shim_record(posix, handle) == str(128 + signal.SIGTERM)
 
 
 async def test_an_unobserved_status_above_128_is_reported_as_unknown(posix):
@@ -124,7 +158,7 @@ async def test_an_unobserved_kill_is_reported_as_unknown(posix):
     handle = await posix.start(["sleep", "1000"])
     await posix.driver.aclose()
     os.kill(handle.pid, signal.SIGKILL)
-    await posix.wait_until(status_file(handle).exists, what="the shim's record")
+    await shim_record(posix, handle)
 
     observed = (await posix.new_driver().observe([handle]))["unit"]
 
@@ -147,8 +181,11 @@ async def test_no_record_for_this_process_means_unknown_exit(posix):
     gone_pid = posix.spawn_unrelated(["true"])
     await posix.wait_until(lambda: posix.start_ticks(gone_pid) is None, what="the helper to be reaped")
     forged = posix.recycled(handle, gone_pid)
-    # A record of some other process in the same file must not be taken for this one's.
+    # A record of some other start in the same file must not be taken for this one's.
     status_file(forged).write_text(f"{gone_pid} 1 7\n")
+    forged_old = attrs.evolve(forged, data={k: v for k, v in forged.data.items() if k != "token"})
+    assert (await posix.new_driver().observe([forged_old]))["unit"].message == UNRECORDED
+    status_file(forged).write_text("0123456789abcdef 7\n")
 
     observed = (await posix.new_driver().observe([forged]))["unit"]
 
@@ -284,8 +321,7 @@ async def test_a_user_unit_runs_with_that_users_ids_and_its_shim_still_records(p
 
     (open_state_dir / "release").touch()
     await driver.wait(handle)
-    await posix.wait_until(status_file(handle).exists, what="the shim's record")
-    assert status_file(handle).read_text().split()[2] == "7"
+    assert await shim_record(posix, handle) == "7"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing group needs root")
