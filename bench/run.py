@@ -166,6 +166,7 @@ def main(argv: list[str]) -> int:
     workroot = BENCH / ".work" / f"run-{tag}"
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()
+    facts = machine_facts()
     sizes = PRESETS[args.preset]
     observer = Observer(tag, force_poll=args.poll_observer)
     bench = Bench(tools=tools, observer=observer, workroot=workroot, tag=tag, systems=selected, sizes=sizes)
@@ -185,7 +186,6 @@ def main(argv: list[str]) -> int:
         error = f"{len(leaked)} children outlived their system; cgroups left behind: {left_fences}"
         bench.errors.append({"workload": "teardown", "system": "?", "error": error})
 
-    facts = machine_facts()
     facts["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results = {
         "schema": 1,
