@@ -252,7 +252,8 @@ def sweep_fences(tag: str) -> list[str]:
             left.append(d.name)
             if (d / "cgroup.kill").exists():
                 (d / "cgroup.kill").write_text("1")
-                wait_until(lambda: "populated 0" in (d / "cgroup.events").read_text(), 10, f"{d.name} to empty")
+                events = d / "cgroup.events"
+                wait_until(lambda events=events: "populated 0" in events.read_text(), 10, f"{d.name} to empty")
             for dirpath, _dirs, _files in sorted(os.walk(d), key=lambda t: -len(t[0])):
                 os.rmdir(dirpath)
     return sorted(set(left))
