@@ -12,12 +12,13 @@ A random token names each start, so a record is never taken for another's.
 from __future__ import annotations
 
 import collections
+import functools
 import os
-import resource
 import sys
 import time
+import weakref
 from pathlib import Path
-from signal import SIGCONT, SIGKILL, pidfd_send_signal
+from signal import SIGKILL, pidfd_send_signal
 from typing import Iterable, Mapping
 
 import anyio
@@ -28,10 +29,11 @@ from reconciler.errors import DriverError
 from reconciler.model import Handle, Observation, ProcessState
 
 from . import _linux, _spawn
+from ._group import UnitGroup
+from ._pidfds import PidfdTable, default_capacity
 
 START_TIMEOUT = 10.0  # the shim must report the command's pid and the exec must be seen by then
 SHIM_RECORD_WAIT = 2.0  # per observe/stop call: how long to wait for exiting shims to write their record
-KILL_WAIT = 5.0  # after SIGKILL, how long stop waits for the group to vanish
 EXIT_MEMORY = 4096  # exit facts of this many dead processes are kept, so answers stay exact
 EXEC_FAILED = (126, 127)  # how sh reports that `exec` failed
 
@@ -55,6 +57,10 @@ class Identity:
     @property
     def key(self) -> tuple[int, int]:
         return (self.pid, self.start_ticks)
+
+    @property
+    def shim_key(self) -> tuple[int, int]:
+        return (self.shim_pid, self.shim_start_ticks)
 
     @classmethod
     def of(cls, handle: Handle) -> Identity | None:
@@ -86,11 +92,14 @@ class ShimRecord:
 def read_shim_record(ident: Identity) -> ShimRecord | None:
     """The shim's record of exactly this start; a file left by another start is ignored."""
     try:
-        with open(ident.status_file, "rb") as f:
-            text = f.read()
-            written_at = os.fstat(f.fileno()).st_mtime
+        fd = os.open(ident.status_file, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    try:
+        text = os.read(fd, 256)
+        written_at = os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
     *key, status = text.split() or [b""]
     if not status.isdigit():
         return None
@@ -119,52 +128,49 @@ def exit_facts(wait_status: int | None, record: ShimRecord | None) -> tuple[int 
     )
 
 
-class PidfdTable:
-    """Verified pidfds on units' main processes, least recently used closed first.
+@attrs.define(slots=True)
+class _Known:
+    """What one handle object says, parsed once, and what has been learnt about it."""
 
-    A pidfd is the kernel's handle on one exact process: polling it asks the OS,
-    it caches nothing. The bound keeps a thousand units within the fd limit.
+    handle: weakref.ref[Handle]
+    ident: Identity | None
+    running: Observation | None  # the answer while its process lives (a value: the same every time)
+    revisited: bool = False  # asked about again: worth a pidfd, which makes later looks a poll
+
+
+class KnownHandles:
+    """The parsed identity of every live handle object, keyed by the object.
+
+    The core hands the same frozen Handle objects pass after pass; parsing each
+    once keeps a steady-state observe of a thousand units to a poll and a loop.
+    An entry goes with its handle (a weak reference), so the map never outgrows
+    the handles in use.
     """
 
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._fds: collections.OrderedDict[tuple[int, int], int] = collections.OrderedDict()
+    def __init__(self) -> None:
+        self._entries: dict[int, _Known] = {}
 
-    def get(self, ident: Identity) -> int | None:
-        """The pidfd of the handle's process, opened and verified if need be; None if it is gone."""
-        fd = self.peek(ident.key)
-        if fd is None:
-            fd = _linux.open_verified_pidfd(ident.pid, ident.start_ticks)
-            if fd is not None:
-                self.put(ident.key, fd)
-        return fd
+    def __len__(self) -> int:
+        return len(self._entries)
 
-    def peek(self, key: tuple[int, int]) -> int | None:
-        fd = self._fds.get(key)
-        if fd is not None:
-            self._fds.move_to_end(key)
-        return fd
+    def get(self, handle: Handle) -> _Known:
+        known = self._entries.get(id(handle))
+        if known is not None and known.handle() is handle:
+            known.revisited = True
+            return known
+        ident = Identity.of(handle)
+        running = None
+        if ident is not None:
+            started_at = _linux.start_time(ident.start_ticks)
+            running = Observation(ProcessState.RUNNING, pid=ident.pid, started_at=started_at)
+        ref = weakref.ref(handle, functools.partial(self._forget, id(handle)))
+        known = self._entries[id(handle)] = _Known(ref, ident, running)
+        return known
 
-    def put(self, key: tuple[int, int], fd: int) -> None:
-        self.discard(key)
-        self._fds[key] = fd
-        while len(self._fds) > self._capacity:
-            _, old = self._fds.popitem(last=False)
-            os.close(old)
-
-    def discard(self, key: tuple[int, int]) -> None:
-        fd = self._fds.pop(key, None)
-        if fd is not None:
-            os.close(fd)
-
-    def close_all(self) -> None:
-        while self._fds:
-            os.close(self._fds.popitem()[1])
-
-
-def _pidfd_capacity() -> int:
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return 64 if soft == resource.RLIM_INFINITY else max(64, soft // 2)
+    def _forget(self, key: int, ref: weakref.ref[Handle]) -> None:
+        known = self._entries.get(key)
+        if known is not None and known.handle is ref:  # the id may already name a newer handle
+            del self._entries[key]
 
 
 class PosixDriver(Driver):
@@ -174,7 +180,8 @@ class PosixDriver(Driver):
 
     def __init__(self, state_dir: Path) -> None:
         super().__init__(Path(state_dir))
-        self._pidfds = PidfdTable(_pidfd_capacity())
+        self._pidfds = PidfdTable(default_capacity())
+        self._known = KnownHandles()
         # Exit facts of dead processes, so a later observe stays as exact as the first.
         self._exits: collections.OrderedDict[tuple[int, int], Observation] = collections.OrderedDict()
         # When this driver first saw a process's pidfd readable (its exit time if no record says better).
@@ -193,21 +200,27 @@ class PosixDriver(Driver):
     async def start(self, launch: Launch) -> Handle:
         spec = launch.spec
         env = _spawn.unit_environment(spec)
-        _spawn.check_cwd(spec)
-        _spawn.check_command(spec, env)
         ids = _spawn.resolve_ids(spec)
         status_file = _spawn.prepare_status_file(self.state_dir, spec.name, ids)
         token = os.urandom(8).hex()
         shim = _spawn.spawn_shim(launch, _spawn.shim_argv(status_file, token, spec), env, ids)
         try:
             with anyio.move_on_after(START_TIMEOUT) as timer:
-                ident, confirmed = await self._confirm_start(shim, status_file, token, launch)
+                ident, confirmed = await self._confirm_start(shim, status_file, token, launch, env)
             if timer.cancelled_caught:
-                if not _linux.exited([shim.pidfd]):
-                    UnitGroup(shim.pid, None, shim.pidfd).send(SIGKILL)
                 raise DriverError(f"{spec.command[0]}: not started within {START_TIMEOUT:g}s; the shim was killed")
+        except BaseException:
+            # No handle will name this unit (failed, timed out or cancelled): nothing of it may keep running.
+            group = UnitGroup(shim.pid, shim.pid, None, shim.pidfd)
+            if group.alive():
+                group.send(SIGKILL)
+            group.close()
+            os.close(shim.pidfd)
+            raise
         finally:
-            shim.close()
+            os.close(shim.report_fd)
+        # Kept: stopping the unit waits on its shim too.
+        self._pidfds.put(ident.shim_key, shim.pidfd)
         handle = Handle(
             driver=self.name,
             unit=spec.name,
@@ -221,6 +234,7 @@ class PosixDriver(Driver):
             self._exit_seen.setdefault(ident.key, time.time())
             observation = await self._exit_observation(ident, anyio.current_time() + SHIM_RECORD_WAIT)
             if observation.exit_code in EXEC_FAILED:
+                _spawn.check_command(spec, env)
                 raise DriverError(
                     f"{spec.command[0]}: could not be executed (exit status {observation.exit_code}; "
                     f"see {launch.stderr_path})"
@@ -228,14 +242,17 @@ class PosixDriver(Driver):
         return handle
 
     async def _confirm_start(
-        self, shim: _spawn.Spawned, status_file: Path, token: str, launch: Launch
+        self, shim: _spawn.Spawned, status_file: Path, token: str, launch: Launch, env: dict[str, str]
     ) -> tuple[Identity, bool]:
         """Read the command's pid from the shim, pin it with a pidfd, wait for its exec.
 
         Returns its identity and whether the exec was seen (False: it was already gone).
+        Why a start failed is looked into only once it has: the happy path checks nothing twice.
         """
         report = await _read_report(shim.report_fd)
         if report is None:
+            _spawn.check_cwd(launch.spec)
+            _spawn.check_command(launch.spec, env)
             raise DriverError(f"the shim exited before starting the command (see {launch.stderr_path})")
         pid, start_ticks = report
         ident = Identity(
@@ -248,9 +265,17 @@ class PosixDriver(Driver):
             status_file=str(status_file),
             token=token,
         )
-        pidfd = self._pidfds.get(ident)
-        if pidfd is None:
+        opened = _linux.open_pidfd(pid)
+        if opened is None:
             return ident, False
+        pidfd, stat = opened
+        if stat.start_ticks != start_ticks or stat.sid != shim.pid:
+            # Only the unit's own processes are in its session: anything else is not ours to watch.
+            os.close(pidfd)
+            if stat.start_ticks != start_ticks:
+                return ident, False
+            raise DriverError(f"the shim reported process {pid}, which is not in the unit's session")
+        self._pidfds.put(ident.key, pidfd)
         shim_cmdline = b"".join(os.fsencode(arg) + b"\0" for arg in shim.argv)
         return ident, await _exec_seen(pidfd, pid, shim_cmdline)
 
@@ -258,39 +283,66 @@ class PosixDriver(Driver):
 
     async def observe(self, handles: Iterable[Handle]) -> Mapping[str, Observation]:
         result: dict[str, Observation] = {}
-        candidates: list[tuple[Handle, Identity, int]] = []
-        ended: list[tuple[Handle, Identity]] = []
+        polled: list[tuple[str, _Known, int]] = []
+        ended: list[tuple[str, Identity]] = []
         for handle in handles:
-            ident = Identity.of(handle)
+            known = self._known.get(handle)
+            ident = known.ident
             if handle.pid is None:
                 result[handle.unit] = Observation(ProcessState.GONE)
             elif ident is None:
                 result[handle.unit] = Observation(ProcessState.UNKNOWN, message="not a posix handle")
             elif (settled := self._settled(ident)) is not None:
                 result[handle.unit] = settled
-            elif (pidfd := self._pidfds.get(ident)) is None:
-                ended.append((handle, ident))
+            elif (pidfd := self._pidfd(known)) is not None:
+                polled.append((handle.unit, known, pidfd))
+            elif self._alive_by_stat(ident):
+                result[handle.unit] = known.running  # type: ignore[assignment]
             else:
-                candidates.append((handle, ident, pidfd))
-        done = _linux.exited([pidfd for _, _, pidfd in candidates])
-        now = time.time()
-        for handle, ident, pidfd in candidates:
-            if pidfd in done:
-                self._exit_seen.setdefault(ident.key, now)
-                ended.append((handle, ident))
-            else:
-                started_at = _linux.start_time(ident.start_ticks)
-                result[handle.unit] = Observation(ProcessState.RUNNING, pid=ident.pid, started_at=started_at)
+                ended.append((handle.unit, ident))
+        if polled:
+            exited = self._pidfds.exited()
+            now = time.time()
+            for unit, known, pidfd in polled:
+                if pidfd in exited:
+                    self._exit_seen.setdefault(known.ident.key, now)  # type: ignore[union-attr]
+                    ended.append((unit, known.ident))  # type: ignore[arg-type]
+                else:
+                    result[unit] = known.running  # type: ignore[assignment]
         deadline = anyio.current_time() + SHIM_RECORD_WAIT
-        for handle, ident in ended:
-            result[handle.unit] = await self._exit_observation(ident, deadline)
+        for unit, ident in ended:
+            result[unit] = await self._exit_observation(ident, deadline)
         return result
 
+    def _pidfd(self, known: _Known) -> int | None:
+        """The pidfd to poll for this handle's process, if it is worth having one.
+
+        A handle seen for the first time (a one-shot status, the first pass after
+        a restart) is checked by one /proc read instead: opening a pidfd costs
+        more and pays off only if this driver instance looks again.
+        """
+        key = known.ident.key  # type: ignore[union-attr]
+        if known.revisited:
+            return self._pidfds.get(key)
+        return self._pidfds.peek(key)
+
+    def _alive_by_stat(self, ident: Identity) -> bool:
+        """Whether the process runs, from /proc/PID/stat: the same pid and start ticks, not a zombie."""
+        stat = _linux.read_stat(ident.pid)
+        if stat is None or stat.start_ticks != ident.start_ticks:
+            return False
+        if not stat.zombie:
+            return True
+        # Exited but not reaped yet: a pidfd now gives the exact status once its shim has reaped it.
+        self._exit_seen.setdefault(ident.key, time.time())
+        self._pidfds.get(ident.key)
+        return False
+
     async def wait(self, handle: Handle) -> None:
-        ident = Identity.of(handle)
+        ident = self._known.get(handle).ident
         if ident is None or self._settled(ident) is not None:
             return
-        pidfd = self._pidfds.get(ident)
+        pidfd = self._pidfds.get(ident.key)
         if pidfd is None:
             return
         own = os.dup(pidfd)  # one waiter per fd in the event loop: each waiter gets its own
@@ -324,7 +376,7 @@ class PosixDriver(Driver):
         )
         # Final once the shim has recorded (or never will): later answers must not get less exact.
         if record is not None or not self._shim_alive(ident):
-            self._remember_exit(ident.key, observation)
+            self._remember_exit(ident, observation)
         return observation
 
     def _exit_sources(self, ident: Identity) -> tuple[int | None, ShimRecord | None]:
@@ -339,41 +391,39 @@ class PosixDriver(Driver):
                 wait_status = stat.exit_status
         return wait_status, read_shim_record(ident)
 
-    def _remember_exit(self, key: tuple[int, int], observation: Observation) -> None:
-        self._pidfds.discard(key)
-        self._exit_seen.pop(key, None)
-        self._exits[key] = observation
+    def _remember_exit(self, ident: Identity, observation: Observation) -> None:
+        self._pidfds.discard(ident.key)
+        self._pidfds.discard(ident.shim_key)
+        self._exit_seen.pop(ident.key, None)
+        self._exits[ident.key] = observation
         while len(self._exits) > EXIT_MEMORY:
             self._exits.popitem(last=False)
 
     def _shim_alive(self, ident: Identity) -> bool:
-        pidfd = _linux.open_verified_pidfd(ident.shim_pid, ident.shim_start_ticks)
-        if pidfd is None:
-            return False
-        try:
-            return not _linux.exited([pidfd])
-        finally:
-            os.close(pidfd)
+        pidfd = self._pidfds.get(ident.shim_key)
+        return pidfd is not None and not _linux.exited([pidfd])
 
     async def _await_shim(self, ident: Identity, deadline: float) -> None:
         """Return once the unit's shim is gone (so its record, if any, is written), or at `deadline`."""
-        pidfd = _linux.open_verified_pidfd(ident.shim_pid, ident.shim_start_ticks)
+        pidfd = self._pidfds.get(ident.shim_key)
         if pidfd is None:
             return
+        own = os.dup(pidfd)
         try:
             with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-                await anyio.wait_readable(pidfd)
+                await anyio.wait_readable(own)
         finally:
-            os.close(pidfd)
+            os.close(own)
 
     # --- stop and signal -------------------------------------------------------
 
     async def stop(self, handle: Handle, signal: int, timeout: float) -> Observation:
-        ident = Identity.of(handle)
+        ident = self._known.get(handle).ident
         if ident is not None and self._settled(ident) is None:
-            group = UnitGroup.open(ident, self._pidfds.get(ident))
+            main = self._pidfds.get(ident.key)
+            group = UnitGroup(ident.pgid, ident.pid, main, self._pidfds.get(ident.shim_key))
             try:
-                # The group is ours while a verified member lives: the main process or the shim.
+                # Nothing to end once neither the main process nor the shim runs.
                 if group.alive():
                     await group.terminate(signal, timeout)
                 if group.main_exited():
@@ -383,10 +433,10 @@ class PosixDriver(Driver):
         return (await self.observe([handle]))[handle.unit]
 
     def signal(self, handle: Handle, signal: int) -> bool:
-        ident = Identity.of(handle)
+        ident = self._known.get(handle).ident
         if ident is None or self._settled(ident) is not None:
             return False
-        pidfd = self._pidfds.get(ident)
+        pidfd = self._pidfds.get(ident.key)
         if pidfd is None or _linux.exited([pidfd]):
             return False
         try:
@@ -433,75 +483,3 @@ async def _exec_seen(pidfd: int, pid: int, shim_cmdline: bytes) -> bool:
             delay = min(delay * 2, 0.02)
     finally:
         os.close(own)
-
-
-class UnitGroup:
-    """A unit's process group, pinned by pidfds on its verified main process and shim.
-
-    Each pidfd here is this object's own, so waiting on it never competes with
-    another waiter in the event loop.
-    """
-
-    def __init__(self, pgid: int, main: int | None, shim: int | None) -> None:
-        self.pgid = pgid
-        self._main = main
-        self._shim = shim
-
-    @classmethod
-    def open(cls, ident: Identity, main_pidfd: int | None) -> UnitGroup:
-        main = None if main_pidfd is None else os.dup(main_pidfd)
-        return cls(ident.pgid, main, _linux.open_verified_pidfd(ident.shim_pid, ident.shim_start_ticks))
-
-    def close(self) -> None:
-        for fd in (self._main, self._shim):
-            if fd is not None:
-                os.close(fd)
-
-    def alive(self) -> bool:
-        members = [fd for fd in (self._main, self._shim) if fd is not None]
-        return len(_linux.exited(members)) < len(members)
-
-    def main_exited(self) -> bool:
-        return self._main is not None and bool(_linux.exited([self._main]))
-
-    async def terminate(self, sig: int, timeout: float) -> None:
-        """Signal the group, wait for it to end, then SIGKILL whatever is left."""
-        with anyio.move_on_after(timeout):
-            self.send(sig)
-            await self.gone()
-            return
-        self.send(SIGKILL)
-        with anyio.move_on_after(KILL_WAIT):
-            await self.gone()
-
-    def send(self, sig: int) -> None:
-        """`sig` to the main process (by pidfd: it may have left the group) and to the group.
-
-        A stopped process cannot act on a signal: SIGCONT follows, as systemd does.
-        """
-        for signum in (sig, SIGCONT) if sig not in (SIGKILL, SIGCONT) else (sig,):
-            if self._main is not None:
-                try:
-                    pidfd_send_signal(self._main, signum)
-                except ProcessLookupError:
-                    pass
-            try:
-                os.killpg(self.pgid, signum)
-            except ProcessLookupError:
-                pass
-
-    async def gone(self) -> None:
-        """Wait for the main process and the shim to exit (events), then for the group to empty.
-
-        A process group has no exit event: it is checked at growing intervals,
-        first with one cheap kill(0), then (zombies may linger) by reading /proc.
-        """
-        for fd in (self._main, self._shim):
-            if fd is not None:
-                await anyio.wait_readable(fd)
-        delay = 0.001
-        while _linux.group_exists(self.pgid):
-            if delay >= 0.016 and not _linux.group_alive(self.pgid):
-                return
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 0.1)

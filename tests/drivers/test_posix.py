@@ -8,6 +8,7 @@ import pwd
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,7 +18,17 @@ import pytest
 
 from reconciler.errors import DriverError
 from reconciler.model import Handle, ProcessState
-from reconciler_drivers.posix import UNRECORDED, Identity, PidfdTable, PosixDriver, ShimRecord, exit_facts
+from reconciler_drivers import _spawn
+from reconciler_drivers._group import UnitGroup
+from reconciler_drivers.posix import (
+    UNRECORDED,
+    Identity,
+    KnownHandles,
+    PidfdTable,
+    PosixDriver,
+    ShimRecord,
+    exit_facts,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -100,6 +111,23 @@ def test_exit_facts_above_128_from_the_record_are_ambiguous():
 
 def test_available_here():
     assert PosixDriver.available() is None
+
+
+def test_known_handles_parse_each_handle_object_once_and_forget_it_with_the_handle():
+    data = {"start_ticks": 5, "boot_id": "b", "shim_pid": 3, "shim_start_ticks": 4, "pgid": 3, "status_file": "/s"}
+    handle = Handle(driver="posix", unit="u", spec_hash="h", pid=7, started_at=1.0, data=data)
+    twin = Handle(driver="posix", unit="u", spec_hash="h", pid=7, started_at=1.0, data=dict(data))
+    known = KnownHandles()
+
+    first = known.get(handle)
+    assert (first.ident.key, first.ident.token, first.revisited) == ((7, 5), None, False)
+    assert first.running.state is ProcessState.RUNNING and first.running.pid == 7
+    again = known.get(handle)
+    assert again is first and again.revisited
+    assert known.get(twin) is not first  # an equal value is another object: parsed on its own
+
+    del handle, first, again
+    assert len(known) == 1  # the twin's entry only
 
 
 # --- the shim's record -------------------------------------------------------------
@@ -281,14 +309,103 @@ async def test_evicted_pidfds_are_reopened_and_verified(posix):
     second = Identity.of(await posix.start(["sleep", "1000"], name="second"))
     table = PidfdTable(capacity=1)
     try:
-        fd_first = table.get(first)
-        table.get(second)  # evicts and closes first's pidfd
+        fd_first = table.get(first.key)
+        table.get(second.key)  # evicts and closes first's pidfd
         with pytest.raises(OSError):
             os.fstat(fd_first)
-        assert table.get(first) is not None
-        assert table.get(attrs.evolve(first, start_ticks=first.start_ticks - 1)) is None
+        assert table.get(first.key) is not None
+        assert table.get((first.pid, first.start_ticks - 1)) is None
     finally:
         table.close_all()
+
+
+async def test_the_pidfd_table_reports_exits_and_never_a_live_process_after_evictions(posix):
+    def key(pid: int) -> tuple[int, int]:
+        return (pid, posix.start_ticks(pid))
+
+    table = PidfdTable(capacity=1)
+    try:
+        doomed = posix.spawn_unrelated(["sleep", "1000"])
+        fd = table.get(key(doomed))
+        assert table.exited() == set()
+        os.kill(doomed, signal.SIGKILL)
+        await posix.wait_until(lambda: table.exited() == {fd}, what="the exit to show")
+
+        # Evictions close fds whose numbers new pidfds may take, while a waiter may still hold a
+        # duplicate of the old one: no stale exit may show under those numbers.
+        held = os.dup(fd)
+        try:
+            for _ in range(3):
+                table.get(key(posix.spawn_unrelated(["sleep", "1000"])))
+                assert table.exited() == set()
+        finally:
+            os.close(held)
+    finally:
+        table.close_all()
+
+
+async def test_a_handle_looked_at_twice_keeps_the_exact_exit_even_if_it_ends_unwatched(posix):
+    handle = await posix.start(["sleep", "1000"])
+    driver = posix.new_driver()
+    for _ in range(2):
+        assert (await driver.observe([handle]))["unit"].state is ProcessState.RUNNING
+
+    os.kill(handle.pid, signal.SIGKILL)
+    await shim_record(posix, handle)  # reaped by the shim: /proc no longer knows how it ended
+    observed = (await driver.observe([handle]))["unit"]
+
+    assert (observed.exit_code, observed.exit_signal) == (None, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not os.geteuid() == 0, reason="a zombie's exit status is shown to root only")
+async def test_a_fresh_driver_reports_an_unreaped_process_as_exited_with_its_signal(posix):
+    handle = await posix.start(["sleep", "1000"])
+    shim = handle.data["shim_pid"]
+    os.kill(shim, signal.SIGSTOP)  # a stopped shim cannot reap: the unit stays a zombie
+    try:
+        await posix.wait_until(lambda: proc_status(shim)["State"].startswith("T"), what="the shim to stop")
+        os.kill(handle.pid, signal.SIGKILL)
+        await posix.wait_until(lambda: not posix.alive(handle.pid), what="the unit to die")
+
+        observed = (await posix.new_driver().observe([handle]))["unit"]
+    finally:
+        os.kill(shim, signal.SIGCONT)
+
+    assert (observed.state, observed.exit_signal) == (ProcessState.EXITED, signal.SIGKILL)
+
+
+async def test_a_group_is_signalled_only_while_its_leader_or_the_main_process_is_in_it(posix):
+    script = "import os, time; os.setpgid(0, 0); open('left', 'w').close(); time.sleep(1000)"
+    handle = await posix.start([sys.executable, "-c", script])
+    await posix.wait_until((posix.work / "left").exists, what="the unit to leave its group")
+    ident = Identity.of(handle)
+    main, shim = (os.pidfd_open(pid) for pid in (ident.pid, ident.shim_pid))
+    try:
+        assert UnitGroup(ident.pgid, ident.pid, main, shim).ours()
+        os.kill(ident.shim_pid, signal.SIGKILL)
+        await posix.wait_until(lambda: not posix.alive(ident.shim_pid), what="the shim to die")
+
+        assert not UnitGroup(ident.pgid, ident.pid, main, shim).ours()
+    finally:
+        os.close(main)
+        os.close(shim)
+    observed = await posix.driver.stop(handle, signal.SIGTERM, 10.0)  # the main process still gets it
+    assert observed.exit_signal == signal.SIGTERM
+
+
+async def test_a_reported_process_outside_the_units_session_is_refused_and_the_shim_killed(posix, monkeypatch):
+    stranger = posix.spawn_unrelated(["sleep", "1000"])
+    fake = posix.root / "lying-shim.sh"
+    fake.write_text('echo $$ > "$3/shim.pid"; exec 3>&0; echo "$STRANGER" >&3; exec sleep 1000\n')
+    monkeypatch.setattr(_spawn, "SHIM", str(fake))
+
+    with pytest.raises(DriverError, match="not in the unit's session"):
+        await posix.start(["sleep", "1000"], env={"STRANGER": f"{stranger} {posix.start_ticks(stranger)}"})
+
+    shim = int((posix.work / "shim.pid").read_text())
+    posix.track(shim)
+    await posix.wait_until(lambda: not posix.alive(shim), what="the lying shim to be killed")
+    assert posix.alive(stranger)
 
 
 # --- user and group ---------------------------------------------------------------------------
