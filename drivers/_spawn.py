@@ -69,9 +69,9 @@ class Spawned:
         os.close(self.report_fd)
 
 
-def unit_environment(spec: Spec) -> dict[str, str]:
-    """The reconciler's environment overlaid with the spec's."""
-    return {**os.environ, **spec.env_dict}
+def unit_environment(spec: Spec) -> dict[bytes, bytes]:
+    """The reconciler's environment overlaid with the spec's (as bytes: the form exec takes)."""
+    return {**os.environb, **{os.fsencode(k): os.fsencode(v) for k, v in spec.env_dict.items()}}
 
 
 def check_cwd(spec: Spec) -> None:
@@ -79,7 +79,7 @@ def check_cwd(spec: Spec) -> None:
         raise DriverError(f"cwd: no such directory: {spec.cwd}", transient=False)
 
 
-def check_command(spec: Spec, env: dict[str, str]) -> None:
+def check_command(spec: Spec, env: dict[bytes, bytes]) -> None:
     """argv[0] must resolve as the unit's shell will resolve it: on its PATH, or relative to its cwd."""
     if not spec.command or not spec.command[0]:
         raise DriverError("command: empty", transient=False)
@@ -88,7 +88,8 @@ def check_command(spec: Spec, env: dict[str, str]) -> None:
         path = os.path.join(spec.cwd, program)
         found = os.path.isfile(path) and os.access(path, os.X_OK)
     else:
-        found = shutil.which(program, path=env.get("PATH", os.defpath)) is not None
+        search = os.fsdecode(env.get(b"PATH", os.fsencode(os.defpath)))
+        found = shutil.which(program, path=search) is not None
     if not found:
         raise DriverError(f"command not found: {program}", transient=False)
 
@@ -130,7 +131,7 @@ def prepare_status_file(state_dir: Path, unit: str, ids: Ids | None) -> Path:
     The shim rewrites the file in place: a record left by a run under other ids is removed first.
     """
     run_dir = state_dir / "run" / unit
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _make_dir(run_dir)
     status_file = run_dir / "status"
     if ids is not None:
         os.chown(run_dir, -1 if ids.uid is None else ids.uid, -1 if ids.gid is None else ids.gid)
@@ -143,14 +144,28 @@ def shim_argv(status_file: Path, token: str, spec: Spec) -> tuple[str, ...]:
 
 
 def open_log(path: Path) -> int:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_MODE)
+        try:
+            return os.open(path, flags, LOG_MODE)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, flags, LOG_MODE)
     except OSError as exc:
         raise DriverError(f"cannot open log file {path}: {exc.strerror}") from exc
 
 
-def spawn_shim(launch: Launch, argv: tuple[str, ...], env: dict[str, str], ids: Ids | None) -> Spawned:
+def _make_dir(path: Path) -> None:
+    """mkdir -p in one system call when only the last directory may be missing, as on every start but the first."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        path.mkdir(parents=True, exist_ok=True)
+
+
+def spawn_shim(launch: Launch, argv: tuple[str, ...], env: dict[bytes, bytes], ids: Ids | None) -> Spawned:
     """posix_spawn the shim in a new session: fd 0 the report pipe, 1 and 2 the logs.
 
     The shim moves the pipe to fd 3 and opens /dev/null as stdin itself.

@@ -242,7 +242,7 @@ class PosixDriver(Driver):
         return handle
 
     async def _confirm_start(
-        self, shim: _spawn.Spawned, status_file: Path, token: str, launch: Launch, env: dict[str, str]
+        self, shim: _spawn.Spawned, status_file: Path, token: str, launch: Launch, env: dict[bytes, bytes]
     ) -> tuple[Identity, bool]:
         """Read the command's pid from the shim, pin it with a pidfd, wait for its exec.
 
