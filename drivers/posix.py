@@ -275,9 +275,14 @@ class PosixDriver(Driver):
             if stat.start_ticks != start_ticks:
                 return ident, False
             raise DriverError(f"the shim reported process {pid}, which is not in the unit's session")
-        self._pidfds.put(ident.key, pidfd)
         shim_cmdline = b"".join(os.fsencode(arg) + b"\0" for arg in shim.argv)
-        return ident, await _exec_seen(pidfd, pid, shim_cmdline)
+        try:
+            confirmed = await _exec_seen(pidfd, pid, shim_cmdline)
+        except BaseException:
+            os.close(pidfd)
+            raise
+        self._pidfds.put(ident.key, pidfd)
+        return ident, confirmed
 
     # --- observe and wait -------------------------------------------------------
 
@@ -301,7 +306,7 @@ class PosixDriver(Driver):
             else:
                 ended.append((handle.unit, ident))
         if polled:
-            exited = self._pidfds.exited()
+            exited = self._pidfds.exited([pidfd for _, _, pidfd in polled])
             now = time.time()
             for unit, known, pidfd in polled:
                 if pidfd in exited:
@@ -458,8 +463,10 @@ async def _read_report(fd: int) -> tuple[int, int] | None:
         if not chunk:
             return None
         data += chunk
-    pid, start_ticks = data.split()
-    return int(pid), int(start_ticks)
+    fields = data.split()
+    if len(fields) != 2 or not all(field.isdigit() for field in fields) or int(fields[0]) == 0:
+        raise DriverError(f"the shim's report is not \"PID START_TICKS\": {data[:64]!r}")
+    return int(fields[0]), int(fields[1])
 
 
 async def _exec_seen(pidfd: int, pid: int, shim_cmdline: bytes) -> bool:

@@ -327,17 +327,17 @@ async def test_the_pidfd_table_reports_exits_and_never_a_live_process_after_evic
     try:
         doomed = posix.spawn_unrelated(["sleep", "1000"])
         fd = table.get(key(doomed))
-        assert table.exited() == set()
+        assert table.exited([fd]) == set()
         os.kill(doomed, signal.SIGKILL)
-        await posix.wait_until(lambda: table.exited() == {fd}, what="the exit to show")
+        await posix.wait_until(lambda: table.exited([fd]) == {fd}, what="the exit to show")
 
         # Evictions close fds whose numbers new pidfds may take, while a waiter may still hold a
         # duplicate of the old one: no stale exit may show under those numbers.
         held = os.dup(fd)
         try:
             for _ in range(3):
-                table.get(key(posix.spawn_unrelated(["sleep", "1000"])))
-                assert table.exited() == set()
+                alive = table.get(key(posix.spawn_unrelated(["sleep", "1000"])))
+                assert table.exited([alive]) == set()
         finally:
             os.close(held)
     finally:
@@ -393,19 +393,37 @@ async def test_a_group_is_signalled_only_while_its_leader_or_the_main_process_is
     assert observed.exit_signal == signal.SIGTERM
 
 
+async def start_under_lying_shim(h, monkeypatch, report: str) -> int:
+    """Start a unit under a fake shim that reports `report` then sleeps; returns the fake shim's pid."""
+    fake = h.root / "lying-shim.sh"
+    fake.write_text('echo $$ > "$3/shim.pid"; exec 3>&0; echo "$REPORT" >&3; exec sleep 1000\n')
+    monkeypatch.setattr(_spawn, "SHIM", str(fake))
+    try:
+        await h.start(["sleep", "1000"], env={"REPORT": report})
+    finally:
+        shim = int((h.work / "shim.pid").read_text())
+        h.track(shim)
+    return shim
+
+
 async def test_a_reported_process_outside_the_units_session_is_refused_and_the_shim_killed(posix, monkeypatch):
     stranger = posix.spawn_unrelated(["sleep", "1000"])
-    fake = posix.root / "lying-shim.sh"
-    fake.write_text('echo $$ > "$3/shim.pid"; exec 3>&0; echo "$STRANGER" >&3; exec sleep 1000\n')
-    monkeypatch.setattr(_spawn, "SHIM", str(fake))
 
     with pytest.raises(DriverError, match="not in the unit's session"):
-        await posix.start(["sleep", "1000"], env={"STRANGER": f"{stranger} {posix.start_ticks(stranger)}"})
+        await start_under_lying_shim(posix, monkeypatch, f"{stranger} {posix.start_ticks(stranger)}")
 
     shim = int((posix.work / "shim.pid").read_text())
-    posix.track(shim)
     await posix.wait_until(lambda: not posix.alive(shim), what="the lying shim to be killed")
     assert posix.alive(stranger)
+
+
+@pytest.mark.parametrize("report", ["hello", "0 12", "12", "-3 4"])
+async def test_a_garbled_report_is_a_start_error_and_the_shim_killed(posix, monkeypatch, report):
+    with pytest.raises(DriverError, match="report is not"):
+        await start_under_lying_shim(posix, monkeypatch, report)
+
+    shim = int((posix.work / "shim.pid").read_text())
+    await posix.wait_until(lambda: not posix.alive(shim), what="the lying shim to be killed")
 
 
 # --- user and group ---------------------------------------------------------------------------
