@@ -53,6 +53,7 @@ ONCE_MAX_PASSES = 20
 # While actions are in flight, passes are spaced so they take at most a fifth of the
 # time: a thousand starts finishing one by one must not cost a thousand full passes.
 BURST_PACING = 4.0
+MAX_PACING = 0.05  # seconds: pacing never delays a pass by more than this
 # Unit log files are checked for rotation at most this often (a stat per file).
 LOG_CHECK_INTERVAL = 10.0
 
@@ -149,7 +150,7 @@ class Reconciler:
             wakes = [t for t in (result.plan.wake_at, self.health_wake()) if t is not None]
             await self._sleep(min(wakes, default=None))
             if self._busy and not self.stopping:
-                await anyio.sleep(BURST_PACING * (result.finished_at - result.started_at))
+                await anyio.sleep(min(BURST_PACING * (result.finished_at - result.started_at), MAX_PACING))
             if not self.stopping:
                 result = await self.run_pass()
         return result

@@ -300,3 +300,24 @@ def test_logs_are_captured(rc):
     rc.cli("--once", check=0)
     wait_until(lambda: "hello out" in rc.cli("logs", "talk").stdout, what="stdout captured")
     assert "hello err" in rc.cli("logs", "talk", "--stderr", "-n", "5").stdout
+
+
+# subreaper -----------------------------------------------------------------------------------------------
+
+
+def test_orphans_are_reparented_to_the_daemon_and_reaped(rc):
+    # The unit's short-lived grandchild loses its parent at once; it must not linger as a zombie.
+    rc.spec("orphans.toml", 'command = ["sh", "-c", "(sleep 1 &); exec sleep 100000"]\n')
+    daemon = rc.start_daemon()
+    rc.wait_unit("orphans", state="running")
+
+    def orphan_states() -> list[str]:
+        states = []
+        for pid in _children(daemon.pid):
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            states.append(fields[0].decode())
+        return states
+
+    wait_until(lambda: len(orphan_states()) == 2, what="the orphan reparented to the daemon")
+    wait_until(lambda: orphan_states() == ["S"], what="the orphan reaped, no zombie left")
