@@ -32,7 +32,7 @@ class ProcStat:
 
     pid: int
     state: str  # "R", "S", "Z", ...
-    pgid: int
+    pgid: int  # 0 (as sid) if read while the process was being reaped
     sid: int
     start_ticks: int  # field 22: start time after boot, in clock ticks
     exit_status: int  # field 52: wait status of a zombie; 0 unless can_read_exit_status()
@@ -48,14 +48,20 @@ def read_stat(pid: int) -> ProcStat | None:
     if raw is None:
         return None
     # comm (field 2) may hold spaces and parentheses: the fields after it start past the last ")".
-    rest = raw[raw.rindex(b")") + 2 :].split()
+    # Fields 3..22 are split apart; the 30 after them are parsed only for a zombie's exit status.
+    rest = raw[raw.rindex(b")") + 2 :].split(None, 20)
+    state = rest[0].decode()
+    exit_status = 0
+    if state in ("Z", "X"):
+        later = rest[20].split()
+        exit_status = int(later[29]) if len(later) > 29 else 0
     return ProcStat(
         pid=pid,
-        state=rest[0].decode(),
+        state=state,
         pgid=int(rest[2]),
         sid=int(rest[3]),
         start_ticks=int(rest[19]),
-        exit_status=int(rest[49]) if len(rest) > 49 else 0,
+        exit_status=exit_status,
     )
 
 

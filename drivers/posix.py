@@ -269,10 +269,15 @@ class PosixDriver(Driver):
         if opened is None:
             return ident, False
         pidfd, stat = opened
-        if stat.start_ticks != start_ticks or stat.sid != shim.pid:
-            # Only the unit's own processes are in its session: anything else is not ours to watch.
+        if stat.start_ticks != start_ticks:
             os.close(pidfd)
-            if stat.start_ticks != start_ticks:
+            return ident, False
+        if stat.sid != shim.pid:
+            # Only the unit's own processes are in its session: anything else is not ours to watch,
+            # unless it has just ended (while it is reaped, /proc shows no session at all).
+            ended = bool(_linux.exited([pidfd]))
+            os.close(pidfd)
+            if ended:
                 return ident, False
             raise DriverError(f"the shim reported process {pid}, which is not in the unit's session")
         shim_cmdline = b"".join(os.fsencode(arg) + b"\0" for arg in shim.argv)
