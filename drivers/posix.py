@@ -128,14 +128,19 @@ def exit_facts(wait_status: int | None, record: ShimRecord | None) -> tuple[int 
     )
 
 
-@attrs.define(slots=True)
 class _Known:
-    """What one handle object says, parsed once, and what has been learnt about it."""
+    """What one handle object says, parsed once, and what has been learnt about it.
 
-    handle: weakref.ref[Handle]
-    ident: Identity | None
-    running: Observation | None  # the answer while its process lives (a value: the same every time)
-    revisited: bool = False  # asked about again: worth a pidfd, which makes later looks a poll
+    A plain slotted class: an attrs class would add its creation to every short-lived process.
+    """
+
+    __slots__ = ("handle", "ident", "running", "revisited")
+
+    def __init__(self, handle: weakref.ref[Handle], ident: Identity | None, running: Observation | None) -> None:
+        self.handle = handle
+        self.ident = ident
+        self.running = running  # the answer while its process lives (a value: the same every time)
+        self.revisited = False  # asked about again: worth a pidfd, which makes later looks a poll
 
 
 class KnownHandles:
