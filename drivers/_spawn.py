@@ -56,17 +56,16 @@ class Ids:
 
 @attrs.frozen
 class Spawned:
-    """A freshly spawned shim: our child, pinned by a pidfd so it cannot be mistaken."""
+    """A freshly spawned shim: our child, pinned by a pidfd so it cannot be mistaken.
+
+    The caller owns both fds: the pidfd outlives the start (stopping waits on the shim).
+    """
 
     pid: int
     start_ticks: int
     pidfd: int
     report_fd: int  # read end of the pipe the shim reports the command's pid on
     argv: tuple[str, ...]  # the shim's own argv, to recognise it in /proc/PID/cmdline
-
-    def close(self) -> None:
-        os.close(self.pidfd)
-        os.close(self.report_fd)
 
 
 def unit_environment(spec: Spec) -> dict[bytes, bytes]:
