@@ -66,9 +66,13 @@ class UnitGroup:
         return stat is not None and stat.pgid == self.pgid and not _linux.exited([self._main])
 
     async def terminate(self, sig: int, timeout: float) -> None:
-        """Signal the group, wait for it to end, then SIGKILL whatever is left."""
+        """Signal the group, wait for it to end, then SIGKILL whatever is left.
+
+        The signal goes first: with a thousand units stopping at once, each is
+        ended sooner when nothing delays its signal.
+        """
+        self.send(sig)
         with anyio.move_on_after(timeout):
-            self.send(sig)
             await self.gone()
             return
         self.send(SIGKILL)

@@ -26,6 +26,7 @@ from . import _linux
 SHELL = "/bin/sh"
 SHIM = str(Path(__file__).with_name("shim.sh"))
 LOG_MODE = 0o640
+RECORDS_KEPT = 4096  # bytes of shim records (about 200 starts) a unit's status file may grow to
 # posix_spawn resets these to SIG_DFL in the child: every signal a handler may catch.
 CATCHABLE_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
@@ -127,14 +128,21 @@ def _lookup(by_name, by_id, value: str, what: str):
 def prepare_status_file(state_dir: Path, unit: str, ids: Ids | None) -> Path:
     """STATE/run/<unit>/status; the directory belongs to the unit's user so its shim can write there.
 
-    The shim rewrites the file in place: a record left by a run under other ids is removed first.
+    Shims append their records (truncating a file costs a filesystem far more
+    than appending to it). The file is removed when it has grown past
+    RECORDS_KEPT bytes, and whenever the unit runs under other ids: the file of
+    an earlier run may belong to a user this shim cannot write as.
     """
     run_dir = state_dir / "run" / unit
     _make_dir(run_dir)
     status_file = run_dir / "status"
     if ids is not None:
         os.chown(run_dir, -1 if ids.uid is None else ids.uid, -1 if ids.gid is None else ids.gid)
-        status_file.unlink(missing_ok=True)
+    try:
+        if ids is not None or os.stat(status_file).st_size > RECORDS_KEPT:
+            os.unlink(status_file)
+    except FileNotFoundError:
+        pass
     return status_file
 
 

@@ -62,6 +62,13 @@ class Identity:
     def shim_key(self) -> tuple[int, int]:
         return (self.shim_pid, self.shim_start_ticks)
 
+    @property
+    def record_key(self) -> tuple[bytes, ...]:
+        """What the shim's record of this start begins with."""
+        if self.token is not None:
+            return (self.token.encode(),)
+        return (str(self.pid).encode(), str(self.start_ticks).encode())
+
     @classmethod
     def of(cls, handle: Handle) -> Identity | None:
         """The identity a posix handle carries; None for a handle without one."""
@@ -86,28 +93,44 @@ class ShimRecord:
     """What the shim wrote about the start the handle names: sh's $? for the command, and when."""
 
     status: int
-    written_at: float
+    written_at: float | None  # None when a later record was appended after it: its own time is lost
+
+
+RECORD_TAIL = 16384  # how much of the end of a status file is searched for a record
 
 
 def read_shim_record(ident: Identity) -> ShimRecord | None:
-    """The shim's record of exactly this start; a file left by another start is ignored."""
+    """The shim's record of exactly this start; the records of other starts in the file are ignored."""
     try:
         fd = os.open(ident.status_file, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
-        text = os.read(fd, 256)
-        written_at = os.fstat(fd).st_mtime
+        st = os.fstat(fd)
+        offset = max(0, st.st_size - RECORD_TAIL)
+        text = os.pread(fd, RECORD_TAIL, offset)
     finally:
         os.close(fd)
-    *key, status = text.split() or [b""]
-    if not status.isdigit():
+    if offset:
+        text = text[text.find(b"\n") + 1 :]  # the first line was cut
+    found = find_record(text, ident.record_key)
+    if found is None:
         return None
-    if ident.token is not None:
-        expected = [ident.token.encode()]
-    else:
-        expected = [str(ident.pid).encode(), str(ident.start_ticks).encode()]
-    return ShimRecord(int(status), written_at) if key == expected else None
+    status, last = found
+    return ShimRecord(status, st.st_mtime if last else None)
+
+
+def find_record(text: bytes, key: tuple[bytes, ...]) -> tuple[int, bool] | None:
+    """The status in the latest complete line "KEY... STATUS" of `text`, and whether that line is the last.
+
+    Shims append their records; a line without its newline is still being written.
+    """
+    lines = text.split(b"\n")[:-1]
+    for index in range(len(lines) - 1, -1, -1):
+        *fields, status = lines[index].split() or [b""]
+        if tuple(fields) == key and status.isdigit():
+            return int(status), index == len(lines) - 1
+    return None
 
 
 def exit_facts(wait_status: int | None, record: ShimRecord | None) -> tuple[int | None, int | None, str]:

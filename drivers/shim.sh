@@ -5,13 +5,13 @@
 #
 # It runs COMMAND in the foreground (a background job would get SIGINT/SIGQUIT
 # ignored), reports "PID START_TICKS" of the command's process on the pipe just
-# before the exec, waits, then writes "TOKEN STATUS" to STATUS_FILE, where TOKEN
+# before the exec, waits, then appends "TOKEN STATUS" to STATUS_FILE, where TOKEN
 # names this start and STATUS is the shell's $? (<= 128: the exit code; > 128:
 # signal STATUS-128 or that exit code, sh cannot tell which). The record is one
-# write of a few bytes into an emptied file, so a reader sees it whole or not at
-# all, and nothing is spawned for it. The termination signals are trapped with
-# a no-op, not ignored: the shim outlives a signal sent to the whole group, and
-# the command still starts with default dispositions.
+# appended line, written whole by one write: nothing is spawned for it and no
+# file is truncated (the driver removes the file once it grows). The termination
+# signals are trapped with a no-op, not ignored: the shim outlives a signal sent
+# to the whole group, and the command still starts with default dispositions.
 
 status=$1 token=$2
 cd -- "$3" || exit 126
@@ -25,4 +25,4 @@ trap : HUP INT QUIT PIPE ALRM TERM USR1 USR2
 	echo "$pid $ticks" >&3
 	exec "$@" 3>&-
 )
-echo "$token $?" >"$status"
+echo "$token $?" >>"$status"

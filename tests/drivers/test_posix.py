@@ -28,6 +28,7 @@ from reconciler_drivers.posix import (
     PosixDriver,
     ShimRecord,
     exit_facts,
+    find_record,
 )
 
 pytestmark = pytest.mark.anyio
@@ -62,10 +63,11 @@ def status_file(handle: Handle) -> Path:
 def recorded_status(handle: Handle) -> str | None:
     """The status the shim recorded for this start, None until it has."""
     try:
-        fields = status_file(handle).read_text().split()
+        lines = status_file(handle).read_text().splitlines(keepends=True)
     except FileNotFoundError:
         return None
-    return fields[1] if len(fields) == 2 and fields[0] == handle.data["token"] else None
+    mine = [line.split()[1] for line in lines if line.endswith("\n") and line.split()[0] == handle.data["token"]]
+    return mine[-1] if mine else None
 
 
 async def shim_record(h, handle: Handle) -> str:
@@ -109,6 +111,24 @@ def test_exit_facts_above_128_from_the_record_are_ambiguous():
     )
 
 
+@pytest.mark.parametrize(
+    "text, key, expected",
+    [
+        (b"aa 1\nbb 2\n", (b"aa",), (1, False)),
+        (b"aa 1\nbb 2\n", (b"bb",), (2, True)),
+        (b"aa 1\nbb 2\naa 3\n", (b"aa",), (3, True)),  # the latest record of a key wins
+        (b"aa 1\nbb 2", (b"bb",), None),  # still being written
+        (b"aa 1\nbb 2", (b"aa",), (1, True)),
+        (b"12 34 7\n", (b"12", b"34"), (7, True)),  # the format of shims before tokens
+        (b"12 34 7\n", (b"34",), None),
+        (b"aa x\n\naa\n", (b"aa",), None),
+        (b"", (b"aa",), None),
+    ],
+)
+def test_find_record(text, key, expected):
+    assert find_record(text, key) == expected
+
+
 def test_available_here():
     assert PosixDriver.available() is None
 
@@ -142,11 +162,28 @@ async def test_the_shim_records_its_token_and_status(posix):
     assert status_file(handle).parent == posix.state_dir / "run" / "unit"
 
 
-async def test_each_start_has_its_own_token(posix):
-    first = await posix.start(["true"])
-    second = await posix.start(["true"])
+async def test_each_start_has_its_own_token_and_record(posix):
+    first = await posix.start(posix.gate("exit 3"))
+    posix.release()
+    assert await shim_record(posix, first) == "3"
+    second = await posix.start(["sh", "-c", "exit 4"])
+    assert await shim_record(posix, second) == "4"
 
     assert first.data["token"] != second.data["token"]
+    observed = await posix.new_driver().observe([first])
+    # Its record is no longer the file's last: its time is the first watcher's, here unknown.
+    assert (observed["unit"].exit_code, observed["unit"].exited_at) == (3, None)
+
+
+async def test_a_grown_status_file_is_removed_at_the_next_start(posix):
+    run_dir = posix.state_dir / "run" / "unit"
+    run_dir.mkdir(parents=True)
+    (run_dir / "status").write_text("0123456789abcdef 1\n" * 1000)
+
+    handle = await posix.start(["sh", "-c", "exit 5"])
+
+    assert await shim_record(posix, handle) == "5"
+    assert status_file(handle).read_text() == f"{handle.data['token']} 5\n"
 
 
 async def test_a_record_in_the_old_format_still_counts_for_a_handle_without_token(posix):
