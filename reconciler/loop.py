@@ -29,7 +29,7 @@ from .driver import DriverSet
 from .eventlog import EventLog
 from .health import next_health, next_probe_at, probe, probe_due
 from .ledger import Ledger
-from .logs import rotate_if_needed, log_paths
+from .logs import oversized, rotate_if_needed
 from .memory import (
     Event,
     Outcome,
@@ -55,7 +55,7 @@ ONCE_MAX_PASSES = 20
 BURST_PACING = 4.0
 MAX_PACING = 0.05  # seconds: pacing never delays a pass by more than this
 # Unit log files are checked for rotation at most this often (a stat per file).
-LOG_CHECK_INTERVAL = 10.0
+LOG_CHECK_INTERVAL = 30.0
 
 
 @attrs.frozen
@@ -385,11 +385,11 @@ class Reconciler:
     # --- logs -----------------------------------------------------------------------------------
 
     async def _rotate_logs(self) -> None:
+        limits = {name: rec.spec.logs for name, rec in self.records.items() if rec.spec is not None}
+
         def rotate() -> None:
-            for name, rec in self.records.items():
-                if rec.spec is not None and rec.handle is not None:
-                    for path in log_paths(self.settings.state_dir, name):
-                        rotate_if_needed(path, rec.spec.logs)
+            for path, settings in oversized(self.settings.state_dir, limits):
+                rotate_if_needed(path, settings)
 
         await anyio.to_thread.run_sync(rotate)
 

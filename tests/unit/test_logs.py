@@ -237,3 +237,18 @@ def test_follow_a_live_writer_across_rotation(tmp_path: Path, start_writer) -> N
     assert seen == sorted(seen)
     assert len(set(seen)) == len(seen)
     assert seen[-1] > last_rotated
+
+
+def test_oversized_finds_only_live_logs_above_their_units_limit(tmp_path):
+    from reconciler.logs import LOGS_DIR, oversized
+
+    logs = tmp_path / LOGS_DIR
+    logs.mkdir()
+    small, big = LogSettings(max_size=10), LogSettings(max_size=1000)
+    (logs / "a.out").write_bytes(b"x" * 11)  # over a's limit
+    (logs / "a.err").write_bytes(b"x" * 10)  # at the limit: fine
+    (logs / "a.out.1").write_bytes(b"x" * 50)  # a rotated copy: never rotated again
+    (logs / "b.out").write_bytes(b"x" * 500)  # under b's limit
+    (logs / "gone.out").write_bytes(b"x" * 50)  # no such unit
+    assert oversized(tmp_path, {"a": small, "b": big}) == [(logs / "a.out", small)]
+    assert oversized(tmp_path / "missing", {"a": small}) == []
