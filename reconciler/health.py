@@ -98,7 +98,7 @@ def _judge_status_line(line: bytes) -> ProbeResult:
     return ProbeResult(200 <= status < 400, f"HTTP {status}")
 
 
-def _unverified_tls() -> "ssl.SSLContext":
+def _unverified_tls():  # -> ssl.SSLContext
     import ssl  # only https checks need it
 
     context = ssl.create_default_context()

@@ -102,7 +102,7 @@ def test_a_new_process_does_not_parse_unchanged_specs(rc):
     from reconciler.loop import Reconciler
     from reconciler.settings import Settings
 
-    path = rc.spec("a.toml", 'command = ["sleep", "9801"]\n')
+    rc.spec("a.toml", 'command = ["sleep", "9801"]\n')
     rc.spec("b.toml", 'command = ["sleep", "9802"]\n')
     rc.cli("--once", check=0)
     reconciler = Reconciler(Settings(specs_dir=rc.specs, state_dir=rc.state))

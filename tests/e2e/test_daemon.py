@@ -126,7 +126,7 @@ def test_invalid_spec_is_reported_and_keeps_the_last_good_one(rc):
     assert {e["path"] for e in rc.events("spec.invalid")} == set(problems)
 
     out = rc.cli("validate", check=1)
-    assert f'web.toml: restart.backoff_max: expected a duration like "30s", got "30 seconds"' in out.stderr
+    assert 'web.toml: restart.backoff_max: expected a duration like "30s", got "30 seconds"' in out.stderr
     assert "Traceback" not in out.stderr
 
     # Nothing stopped because of a typo; the other units are untouched.

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -17,6 +16,7 @@ import pytest
 
 from reconciler.logs import LogFollower, follow, log_paths, rotate_if_needed, rotated_paths, tail
 from reconciler.model import LogSettings
+from tests.conftest import wait_until
 
 LINE = re.compile(r"line (\d{8}) x{40}")
 
@@ -28,14 +28,6 @@ for number in range(int(sys.argv[2]), 10**8):
     os.write(fd, b"line %08d %s\n" % (number, b"x" * 40))
     time.sleep(0.0005)
 """
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(0.002)
 
 
 @pytest.fixture
