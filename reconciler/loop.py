@@ -397,24 +397,26 @@ class Reconciler:
 
     def _announce_start(self, once: bool) -> None:
         """Record who we are; the first pass adopts what still runs (`unit.adopted`)."""
-        self.ledger.set_reconciler(
-            os.getpid(), __version__, str(self.settings.specs_dir), str(self.settings.state_dir), self.clock(), running=not once
-        )
+        self._started_at = self.clock()
+        self._describe_self(running=not once)
         self.events.append("reconciler.started", pid=os.getpid(), once=once, version=__version__)
 
     async def _announce_stop(self, once: bool) -> None:
         def write() -> None:
-            self.ledger.set_reconciler(
-                os.getpid(),
-                __version__,
-                str(self.settings.specs_dir),
-                str(self.settings.state_dir),
-                self.clock(),
-                running=False,
-            )
+            self._describe_self(running=False)
             self.events.append("reconciler.stopped", pid=os.getpid(), once=once)
 
         await anyio.to_thread.run_sync(write)
+
+    def _describe_self(self, *, running: bool) -> None:
+        self.ledger.set_reconciler(
+            os.getpid(),
+            __version__,
+            str(self.settings.specs_dir),
+            str(self.settings.state_dir),
+            self._started_at,
+            running=running,
+        )
 
     def converged(self) -> bool:
         """For --once's exit code: no invalid spec, and no unit failed, backing off or in doubt."""

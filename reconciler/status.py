@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 import anyio
@@ -25,7 +26,7 @@ from .model import Handle, Observation, ProcessState, SpecProblem, UnitRecord, i
 from .plan import Action, effective_desired, plan
 from .settings import Settings
 from .specs import SpecReader
-from .statedir import holder_pid
+from .statedir import ensure_state_dir, holder_pid
 
 SCHEMA = 1
 
@@ -151,8 +152,6 @@ def preview_plan(settings: Settings) -> tuple[tuple[Action, ...], tuple[SpecProb
             records, requests = ledger.units(), ledger.restart_requests()
     reader = SpecReader(settings.specs_dir, allow_insecure=settings.allow_insecure_specs, trusted_uids=settings.trusted_uids())
     desired = effective_desired(attrs.evolve(reader.read(), restart_requests=requests), records)
-    import time
-
     now = time.time()
     handles = [r.handle for r in records.values() if r.handle is not None]
     records, _ = absorb_observations(records, _observe(settings, handles), now)
@@ -170,8 +169,6 @@ def request_restart(settings: Settings, name: str, token: str, at: float) -> int
         reader = SpecReader(settings.specs_dir, allow_insecure=True, trusted_uids=None)
         if name not in reader.read().specs:
             raise UsageError(f"no unit named {name!r} (not in the ledger nor in {settings.specs_dir})")
-    from .statedir import ensure_state_dir
-
     ensure_state_dir(settings.state_dir)
     with Ledger(settings.ledger_path) as ledger:
         ledger.request_restart(name, token, at)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import datetime
-import os
 import queue
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -18,32 +16,16 @@ import pytest
 
 from reconciler.eventlog import EventLog, follow, read_events, rotated_files
 from reconciler.model import UnitState
+from tests.conftest import wait_until
 
 TIME_FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.005) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(interval)
 
 
 @pytest.fixture
 def log_path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "events.jsonl"
-
-
-@pytest.fixture
-def processes():
-    """Writer processes a test starts; their groups are killed if still alive at teardown."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 def raw_lines(path: Path) -> list[bytes]:

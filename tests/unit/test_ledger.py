@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -44,17 +43,6 @@ def ledger_path(tmp_path: Path) -> Path:
 def ledger(ledger_path: Path):
     with Ledger(ledger_path) as opened:
         yield opened
-
-
-@pytest.fixture
-def processes():
-    """Processes a test starts; killed (whole group) if still alive at teardown."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 def full_spec(name: str = "web") -> Spec:
