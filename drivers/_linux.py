@@ -178,6 +178,20 @@ def pidfd_exit_status(pidfd: int) -> int | None:
     return status
 
 
+@functools.cache
+def pidfd_info_supported() -> bool:
+    """Whether this kernel keeps exit statuses for pidfd holders (PIDFD_GET_INFO, Linux >= 6.15)."""
+    buf = bytearray(_PIDFD_INFO_SIZE)
+    fd = os.pidfd_open(os.getpid())
+    try:
+        fcntl.ioctl(fd, PIDFD_GET_INFO, buf, True)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def group_exists(pgid: int) -> bool:
     """True while the process group has any member, zombies included (one syscall)."""
     try:

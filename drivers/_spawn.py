@@ -21,7 +21,7 @@ from reconciler.driver import Launch
 from reconciler.errors import DriverError
 from reconciler.model import Spec
 
-from . import _linux
+from . import _linux, _posix_spawn
 
 SHELL = "/bin/sh"
 SHIM = str(Path(__file__).with_name("shim.sh"))
@@ -81,17 +81,24 @@ def check_cwd(spec: Spec) -> None:
 
 def check_command(spec: Spec, env: dict[bytes, bytes]) -> None:
     """argv[0] must resolve as the unit's shell will resolve it: on its PATH, or relative to its cwd."""
+    find_program(spec, env)
+
+
+def find_program(spec: Spec, env: dict[bytes, bytes]) -> str:
+    """The path exec is given for argv[0]: as written if it has a slash (exec resolves it in the
+    unit's cwd), else the first match on the unit's own PATH. Raises a permanent DriverError."""
     if not spec.command or not spec.command[0]:
         raise DriverError("command: empty", transient=False)
     program = spec.command[0]
     if "/" in program:
         path = os.path.join(spec.cwd, program)
-        found = os.path.isfile(path) and os.access(path, os.X_OK)
+        found = program if os.path.isfile(path) and os.access(path, os.X_OK) else None
     else:
         search = os.fsdecode(env.get(b"PATH", os.fsencode(os.defpath)))
-        found = shutil.which(program, path=search) is not None
-    if not found:
+        found = shutil.which(program, path=search)
+    if found is None:
         raise DriverError(f"command not found: {program}", transient=False)
+    return found
 
 
 def resolve_ids(spec: Spec) -> Ids | None:
@@ -202,12 +209,69 @@ def spawn_shim(launch: Launch, argv: tuple[str, ...], env: dict[bytes, bytes], i
     finally:
         for fd in fds:
             os.close(fd)
-    # Our unreaped child: nothing can reap it before this line (no await since the spawn).
+    pidfd, start_ticks = _pin_child(pid)
+    os.set_blocking(read_fd, False)
+    return Spawned(pid=pid, start_ticks=start_ticks, pidfd=pidfd, report_fd=read_fd, argv=argv)
+
+
+def _pin_child(pid: int) -> tuple[int, int]:
+    """A pidfd on a child just spawned, and its start ticks.
+
+    Our unreaped child: nothing can reap it before this runs (no await since the spawn).
+    """
     pidfd = os.pidfd_open(pid)
     stat = _linux.read_stat(pid)
     assert stat is not None, "a child we have not reaped always has a /proc entry"
-    os.set_blocking(read_fd, False)
-    return Spawned(pid=pid, start_ticks=stat.start_ticks, pidfd=pidfd, report_fd=read_fd, argv=argv)
+    return pidfd, stat.start_ticks
+
+
+@attrs.frozen
+class Direct:
+    """A command spawned without a shim: our child, exec'd, pinned by a pidfd the caller owns."""
+
+    pid: int
+    start_ticks: int
+    pidfd: int
+
+
+def direct_available() -> bool:
+    """Whether commands can be started without the shim here.
+
+    Without the shim nobody writes an exit record, so the kernel must keep the
+    exit status for us (PIDFD_GET_INFO) and libc must change directory in the child.
+    """
+    return _posix_spawn.available() and _linux.pidfd_info_supported()
+
+
+def spawn_direct(launch: Launch, env: dict[bytes, bytes]) -> Direct:
+    """posix_spawn the unit's command itself in a new session; it has exec'd when this returns.
+
+    The command is the session and group leader. A missing command or cwd is a
+    permanent DriverError; an exec that fails otherwise is a transient one.
+    """
+    spec = launch.spec
+    program = find_program(spec, env)
+    fds = []
+    try:
+        fds.append(_above_stdio(open_log(launch.stdout_path)))
+        fds.append(_above_stdio(open_log(launch.stderr_path)))
+        pid = _posix_spawn.spawn(
+            os.fsencode(program),
+            [os.fsencode(arg) for arg in spec.command],
+            [key + b"=" + value for key, value in env.items()],
+            cwd=os.fsencode(spec.cwd),
+            stdout=fds[0],
+            stderr=fds[1],
+        )
+    except OSError as exc:
+        check_cwd(spec)
+        # As under the shim: the file may be fixed without the spec changing, so it is retried.
+        raise DriverError(f"{spec.command[0]}: could not be executed: {exc.strerror}") from exc
+    finally:
+        for fd in fds:
+            os.close(fd)
+    pidfd, start_ticks = _pin_child(pid)
+    return Direct(pid=pid, start_ticks=start_ticks, pidfd=pidfd)
 
 
 def _program(argv: tuple[str, ...], ids: Ids | None) -> tuple[str, list[str]]:

@@ -1,7 +1,11 @@
-"""The built-in posix driver: every unit runs under a small sh shim in its own session.
+"""The built-in posix driver: every unit runs in its own session, directly or under a shim.
 
-The shim (shim.sh) is the session and process-group leader; the unit's command
-is its foreground child. The driver knows a unit's process by pid + start ticks
+Started by a resident daemon, a unit's command is spawned directly: it is the
+session and group leader, the daemon (its parent, a subreaper) reaps it, and the
+kernel keeps its exit status for our pidfd (PIDFD_GET_INFO). Started by
+`--once`, which exits at once, a small sh shim (shim.sh) leads the session
+instead and runs the command as its foreground child, so that an exit is
+recorded while no reconciler runs. The driver knows a unit's process by pid + start ticks
 + boot id and holds a verified pidfd on it, so a recycled pid is never signalled
 and never reported running. Exit facts come, most exact first, from the kernel
 (PIDFD_GET_INFO after the shim reaped the child; /proc/PID/stat of a zombie),
@@ -48,10 +52,10 @@ class Identity:
     pid: int
     start_ticks: int
     boot_id: str
-    shim_pid: int
-    shim_start_ticks: int
+    shim_pid: int | None  # None: started directly, no shim and no status file
+    shim_start_ticks: int | None
     pgid: int
-    status_file: str
+    status_file: str | None
     token: str | None  # None for handles from before tokens: their shim records "PID START_TICKS STATUS"
 
     @property
@@ -59,7 +63,9 @@ class Identity:
         return (self.pid, self.start_ticks)
 
     @property
-    def shim_key(self) -> tuple[int, int]:
+    def shim_key(self) -> tuple[int, int] | None:
+        if self.shim_pid is None or self.shim_start_ticks is None:
+            return None
         return (self.shim_pid, self.shim_start_ticks)
 
     @property
@@ -78,14 +84,18 @@ class Identity:
                 pid=int(handle.pid),  # type: ignore[arg-type]
                 start_ticks=int(data["start_ticks"]),
                 boot_id=str(data["boot_id"]),
-                shim_pid=int(data["shim_pid"]),
-                shim_start_ticks=int(data["shim_start_ticks"]),
+                shim_pid=_optional(int, data["shim_pid"]),
+                shim_start_ticks=_optional(int, data["shim_start_ticks"]),
                 pgid=int(data["pgid"]),
-                status_file=str(data["status_file"]),
+                status_file=_optional(str, data["status_file"]),
                 token=None if data.get("token") is None else str(data["token"]),
             )
         except (KeyError, TypeError, ValueError):
             return None
+
+
+def _optional(convert, value):
+    return None if value is None else convert(value)
 
 
 @attrs.frozen
@@ -101,6 +111,8 @@ RECORD_TAIL = 16384  # how much of the end of a status file is searched for a re
 
 def read_shim_record(ident: Identity) -> ShimRecord | None:
     """The shim's record of exactly this start; the records of other starts in the file are ignored."""
+    if ident.status_file is None:
+        return None
     try:
         fd = os.open(ident.status_file, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -229,6 +241,38 @@ class PosixDriver(Driver):
         spec = launch.spec
         env = _spawn.unit_environment(spec)
         ids = _spawn.resolve_ids(spec)
+        if launch.resident and ids is None and _spawn.direct_available():
+            ident = self._start_direct(launch, env)
+        else:
+            ident = await self._start_under_shim(launch, env, ids)
+        return Handle(
+            driver=self.name,
+            unit=spec.name,
+            spec_hash=spec.process_hash,
+            pid=ident.pid,
+            started_at=_linux.start_time(ident.start_ticks),
+            data=attrs.asdict(ident),
+        )
+
+    def _start_direct(self, launch: Launch, env: dict[bytes, bytes]) -> Identity:
+        """The command as our own child: one spawn, confirmed exec'd when it returns."""
+        child = _spawn.spawn_direct(launch, env)
+        ident = Identity(
+            pid=child.pid,
+            start_ticks=child.start_ticks,
+            boot_id=_linux.boot_id(),
+            shim_pid=None,
+            shim_start_ticks=None,
+            pgid=child.pid,
+            status_file=None,
+            token=None,
+        )
+        self._pidfds.put(ident.key, child.pidfd)
+        return ident
+
+    async def _start_under_shim(self, launch: Launch, env: dict[bytes, bytes], ids: _spawn.Ids | None) -> Identity:
+        """The command as the shim's child, for units that outlive the reconciler or change ids."""
+        spec = launch.spec
         status_file = _spawn.prepare_status_file(self.state_dir, spec.name, ids)
         token = os.urandom(8).hex()
         shim = _spawn.spawn_shim(launch, _spawn.shim_argv(status_file, token, spec), env, ids)
@@ -248,15 +292,7 @@ class PosixDriver(Driver):
         finally:
             os.close(shim.report_fd)
         # Kept: stopping the unit waits on its shim too.
-        self._pidfds.put(ident.shim_key, shim.pidfd)
-        handle = Handle(
-            driver=self.name,
-            unit=spec.name,
-            spec_hash=spec.process_hash,
-            pid=ident.pid,
-            started_at=_linux.start_time(ident.start_ticks),
-            data=attrs.asdict(ident),
-        )
+        self._pidfds.put((shim.pid, shim.start_ticks), shim.pidfd)
         if not confirmed:
             # Gone before its exec was seen: sh's exec failure codes mean it never ran.
             self._exit_seen.setdefault(ident.key, time.time())
@@ -267,7 +303,7 @@ class PosixDriver(Driver):
                     f"{spec.command[0]}: could not be executed (exit status {observation.exit_code}; "
                     f"see {launch.stderr_path})"
                 )
-        return handle
+        return ident
 
     async def _confirm_start(
         self, shim: _spawn.Spawned, status_file: Path, token: str, launch: Launch, env: dict[bytes, bytes]
@@ -400,7 +436,7 @@ class PosixDriver(Driver):
         """EXITED with the exit facts of a process known to be dead (or gone from our view)."""
         wait_status, record = self._exit_sources(ident)
         if wait_status is None and record is None:
-            await self._await_shim(ident, deadline)
+            await self._await_exit_record(ident, deadline)
             wait_status, record = self._exit_sources(ident)
         code, sig, message = exit_facts(wait_status, record)
         observation = Observation(
@@ -412,8 +448,9 @@ class PosixDriver(Driver):
             exit_signal=sig,
             message=message,
         )
-        # Final once the shim has recorded (or never will): later answers must not get less exact.
-        if record is not None or not self._shim_alive(ident):
+        # Final once the shim has recorded (or never will) and the process is reaped
+        # (the kernel's copy of the status then stays): later answers must not get less exact.
+        if record is not None or not (self._shim_alive(ident) or _unreaped(ident)):
             self._remember_exit(ident, observation)
         return observation
 
@@ -431,19 +468,32 @@ class PosixDriver(Driver):
 
     def _remember_exit(self, ident: Identity, observation: Observation) -> None:
         self._pidfds.discard(ident.key)
-        self._pidfds.discard(ident.shim_key)
+        if ident.shim_key is not None:
+            self._pidfds.discard(ident.shim_key)
         self._exit_seen.pop(ident.key, None)
         self._exits[ident.key] = observation
         while len(self._exits) > EXIT_MEMORY:
             self._exits.popitem(last=False)
 
+    def _shim_pidfd(self, ident: Identity) -> int | None:
+        """The unit's shim's pidfd while the shim runs; None for a unit started directly."""
+        return None if ident.shim_key is None else self._pidfds.get(ident.shim_key)
+
     def _shim_alive(self, ident: Identity) -> bool:
-        pidfd = self._pidfds.get(ident.shim_key)
+        pidfd = self._shim_pidfd(ident)
         return pidfd is not None and not _linux.exited([pidfd])
 
-    async def _await_shim(self, ident: Identity, deadline: float) -> None:
-        """Return once the unit's shim is gone (so its record, if any, is written), or at `deadline`."""
-        pidfd = self._pidfds.get(ident.shim_key)
+    async def _await_exit_record(self, ident: Identity, deadline: float) -> None:
+        """Return once the exit status is written down somewhere, or at `deadline`.
+
+        A shim appends its record before it exits; a command started directly
+        has its status kept by the kernel once its parent (the reaper, in this
+        event loop) has reaped it.
+        """
+        if ident.shim_key is None:
+            await _reaped(ident, deadline)
+            return
+        pidfd = self._shim_pidfd(ident)
         if pidfd is None:
             return
         own = os.dup(pidfd)
@@ -459,7 +509,7 @@ class PosixDriver(Driver):
         ident = self._known.get(handle).ident
         if ident is not None and self._settled(ident) is None:
             main = self._pidfds.get(ident.key)
-            group = UnitGroup(ident.pgid, ident.pid, main, self._pidfds.get(ident.shim_key))
+            group = UnitGroup(ident.pgid, ident.pid, main, self._shim_pidfd(ident))
             try:
                 # Nothing to end once neither the main process nor the shim runs.
                 if group.alive():
@@ -500,6 +550,23 @@ async def _read_report(fd: int) -> tuple[int, int] | None:
     if len(fields) != 2 or not all(field.isdigit() for field in fields) or int(fields[0]) == 0:
         raise DriverError(f"the shim's report is not \"PID START_TICKS\": {data[:64]!r}")
     return int(fields[0]), int(fields[1])
+
+
+def _unreaped(ident: Identity) -> bool:
+    stat = _linux.read_stat(ident.pid)
+    return stat is not None and stat.start_ticks == ident.start_ticks and stat.zombie
+
+
+async def _reaped(ident: Identity, deadline: float) -> None:
+    """Wait until the process is no longer an unreaped zombie, or until `deadline`.
+
+    Reaping has no event of its own; the reaper normally collects our children
+    within a turn of the event loop, so short, growing sleeps are enough.
+    """
+    delay = 0.0005
+    while _unreaped(ident) and anyio.current_time() < deadline:
+        await anyio.sleep(min(delay, max(0.0, deadline - anyio.current_time())))
+        delay = min(delay * 2, 0.02)
 
 
 async def _exec_seen(pidfd: int, pid: int, shim_cmdline: bytes) -> bool:

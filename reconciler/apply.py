@@ -21,11 +21,14 @@ async def carry_out(
     drivers: DriverSet,
     state_dir: Path,
     clock: Callable[[], float] = time.time,
+    *,
+    resident: bool = False,
 ) -> Outcome:
     """Stop, start or restart (stop then start) one unit; never raises for expected failures.
 
     `handle` is the running process to stop and `stop` the settings it was
     started with (a restart stops the old process by the old rules).
+    `resident`: a daemon that stays up to watch the unit is starting it (see Launch).
     """
     stopped = None
     if action.kind in (STOP, RESTART):
@@ -44,7 +47,7 @@ async def carry_out(
     assert spec is not None, "start and restart actions carry the spec to run"
     out, err = log_paths(state_dir, spec.name)
     try:
-        new = await drivers.get(spec.driver).start(Launch(spec, out, err))
+        new = await drivers.get(spec.driver).start(Launch(spec, out, err, resident=resident))
     except DriverUnavailable as exc:
         return Outcome(action, clock(), stopped=stopped, error=str(exc), permanent=True)
     except DriverError as exc:

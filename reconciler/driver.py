@@ -30,6 +30,9 @@ class Launch:
     spec: Spec
     stdout_path: Path
     stderr_path: Path
+    # A daemon that stays up to watch the unit started it (not --once): a driver may then
+    # leave recording the exit to the reconciler instead of to a helper that outlives it.
+    resident: bool = False
 
 
 class Driver(abc.ABC):

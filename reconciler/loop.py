@@ -300,7 +300,9 @@ class Reconciler:
         limiter = self._limiter if action.kind != STOP else contextlib.nullcontext()
         try:
             async with limiter:
-                outcome = await carry_out(action, handle, stop, self.drivers, self.settings.state_dir, self.clock)
+                outcome = await carry_out(
+                    action, handle, stop, self.drivers, self.settings.state_dir, self.clock, resident=not self.once
+                )
         finally:
             self._busy.pop(action.unit, None)
         self._outcomes.append(outcome)

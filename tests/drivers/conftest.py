@@ -3,11 +3,13 @@
 Each test gets a `harness` running inside an anyio (asyncio) event loop with the
 core's Reaper task collecting children, a temporary state directory, and a
 finalizer that kills the process group of every unit and helper process the
-test started. Adding a driver to the behaviour suite is one line in KITS.
+test started. Adding a driver (or a way of starting it) to the behaviour suite
+is one line in KITS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -26,7 +28,9 @@ from reconciler.reaper import Reaper
 def _posix_recycled(handle: Handle, pid: int, start_ticks: int) -> Handle:
     """`handle` as if its process had started one tick before `pid`'s, pid and group leader alike."""
     older = start_ticks - 1
-    data = {**handle.data, "start_ticks": older, "shim_pid": pid, "shim_start_ticks": older, "pgid": pid}
+    data = {**handle.data, "start_ticks": older, "pgid": pid}
+    if data["shim_pid"] is not None:
+        data.update(shim_pid=pid, shim_start_ticks=older)
     return attrs.evolve(handle, pid=pid, data=data)
 
 
@@ -34,12 +38,18 @@ def _posix_recycled(handle: Handle, pid: int, start_ticks: int) -> Handle:
 class Kit:
     """What the suite needs to know about one driver beyond its public verbs."""
 
+    driver: str
     # Forge a handle whose pid now belongs to `pid` (a group leader that started at `start_ticks`).
     recycled: Callable[[Handle, int, int], Handle]
+    resident: bool = False  # started as by a daemon (Launch.resident), not as by --once
+    # Whether an exit is still known exactly after every driver instance that watched it is gone.
+    records_unwatched_exits: bool = True
 
 
 KITS: dict[str, Kit] = {
-    "posix": Kit(recycled=_posix_recycled),
+    "posix": Kit("posix", recycled=_posix_recycled),
+    # Started directly: only the kernel keeps the exit status, and only for a pidfd held at the exit.
+    "posix-resident": Kit("posix", recycled=_posix_recycled, resident=True, records_unwatched_exits=False),
 }
 
 
@@ -72,9 +82,10 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what:
 
 
 class Harness:
-    def __init__(self, driver_name: str, root: Path) -> None:
-        self.driver_name = driver_name
-        self.driver_class = load_driver_class(driver_name)
+    def __init__(self, kit: Kit, root: Path) -> None:
+        self.kit = kit
+        self.driver_name = kit.driver
+        self.driver_class = load_driver_class(kit.driver)
         self.root = root
         self.state_dir = root / "state"
         self.work = root / "work"
@@ -109,7 +120,12 @@ class Harness:
 
     def launch(self, spec: Spec) -> Launch:
         logs = self.state_dir / "logs"
-        return Launch(spec=spec, stdout_path=logs / f"{spec.name}.out", stderr_path=logs / f"{spec.name}.err")
+        return Launch(
+            spec=spec,
+            stdout_path=logs / f"{spec.name}.out",
+            stderr_path=logs / f"{spec.name}.err",
+            resident=self.kit.resident,
+        )
 
     async def start(self, command, *, driver: Driver | None = None, **spec_fields) -> Handle:
         handle = await (driver or self.driver).start(self.launch(self.spec(command, **spec_fields)))
@@ -136,7 +152,7 @@ class Harness:
 
     def recycled(self, handle: Handle, pid: int) -> Handle:
         """`handle` forged as if its pid had been reused by `pid`, a process from spawn_unrelated."""
-        return KITS[self.driver_name].recycled(handle, pid, self._unrelated_ticks[pid])
+        return self.kit.recycled(handle, pid, self._unrelated_ticks[pid])
 
     def gate(self, then: str) -> tuple[str, ...]:
         """A shell command that waits for `release()` (a file appearing), then runs `then`."""
@@ -166,19 +182,26 @@ def anyio_backend() -> str:
 
 def _driver_params() -> Iterator:
     installed = set(driver_names())
-    for name in KITS:
-        marks = [] if name in installed else [pytest.mark.skip(reason=f"driver {name} is not installed")]
-        yield pytest.param(name, marks=marks, id=name)
+    for name, kit in KITS.items():
+        marks = [] if kit.driver in installed else [pytest.mark.skip(reason=f"driver {kit.driver} is not installed")]
+        yield pytest.param(kit, marks=marks, id=name)
 
 
 @pytest.fixture(params=list(_driver_params()))
 async def harness(request, tmp_path: Path, anyio_backend) -> Harness:
-    reason = load_driver_class(request.param).available()
+    async with running_harness(request.param, tmp_path) as h:
+        yield h
+
+
+@contextlib.asynccontextmanager
+async def running_harness(kit: Kit, root: Path):
+    """A harness for `kit` beside a Reaper task; every process it started is dead when this exits."""
+    reason = load_driver_class(kit.driver).available()
     if reason is not None:
-        pytest.skip(f"driver {request.param} cannot run here: {reason}")
+        pytest.skip(f"driver {kit.driver} cannot run here: {reason}")
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(Reaper().run)
-        h = Harness(request.param, tmp_path)
+        h = Harness(kit, root)
         try:
             yield h
         finally:

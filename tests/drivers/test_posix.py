@@ -1,4 +1,8 @@
-"""Facts only the posix driver has: its shim's record, /proc details, ids, pidfds."""
+"""Facts only the posix driver has: its shim's record, direct starts, /proc details, ids, pidfds.
+
+`posix` runs a test both ways a unit starts (under the shim, as by --once; directly, as by a
+daemon); `shim` and `direct` run it one way only.
+"""
 
 from __future__ import annotations
 
@@ -31,14 +35,27 @@ from reconciler_drivers.posix import (
     find_record,
 )
 
+from .conftest import KITS, process_stat, running_harness
+
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(params=["posix", "posix-resident"])
+async def posix(request, tmp_path, anyio_backend):
+    async with running_harness(KITS[request.param], tmp_path) as h:
+        yield h
+
+
 @pytest.fixture
-def posix(harness):
-    if harness.driver_name != "posix":
-        pytest.skip("posix driver only")
-    return harness
+async def shim(tmp_path, anyio_backend):
+    async with running_harness(KITS["posix"], tmp_path) as h:
+        yield h
+
+
+@pytest.fixture
+async def direct(tmp_path, anyio_backend):
+    async with running_harness(KITS["posix-resident"], tmp_path) as h:
+        yield h
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -73,6 +90,13 @@ def recorded_status(handle: Handle) -> str | None:
 async def shim_record(h, handle: Handle) -> str:
     await h.wait_until(lambda: recorded_status(handle) is not None, what="the shim's record")
     return recorded_status(handle)
+
+
+async def reaped(h, handle: Handle) -> None:
+    """Wait until the unit's process has been reaped by its parent (shim or reaper): /proc forgets it."""
+    if handle.data["shim_pid"] is not None:
+        await shim_record(h, handle)
+    await h.wait_until(lambda: h.start_ticks(handle.pid) != handle.data["start_ticks"], what="the reaping")
 
 
 async def exited_unobserved(h, then: str) -> Handle:
@@ -153,65 +177,65 @@ def test_known_handles_parse_each_handle_object_once_and_forget_it_with_the_hand
 # --- the shim's record -------------------------------------------------------------
 
 
-async def test_the_shim_records_its_token_and_status(posix):
-    handle = await posix.start(posix.gate("exit 7"))
-    posix.release()
+async def test_the_shim_records_its_token_and_status(shim):
+    handle = await shim.start(shim.gate("exit 7"))
+    shim.release()
 
-    assert await shim_record(posix, handle) == "7"
+    assert await shim_record(shim, handle) == "7"
     assert status_file(handle).read_text() == f"{handle.data['token']} 7\n"
-    assert status_file(handle).parent == posix.state_dir / "run" / "unit"
+    assert status_file(handle).parent == shim.state_dir / "run" / "unit"
 
 
-async def test_each_start_has_its_own_token_and_record(posix):
-    first = await posix.start(posix.gate("exit 3"))
-    posix.release()
-    assert await shim_record(posix, first) == "3"
-    second = await posix.start(["sh", "-c", "exit 4"])
-    assert await shim_record(posix, second) == "4"
+async def test_each_start_has_its_own_token_and_record(shim):
+    first = await shim.start(shim.gate("exit 3"))
+    shim.release()
+    assert await shim_record(shim, first) == "3"
+    second = await shim.start(["sh", "-c", "exit 4"])
+    assert await shim_record(shim, second) == "4"
 
     assert first.data["token"] != second.data["token"]
-    observed = await posix.new_driver().observe([first])
+    observed = await shim.new_driver().observe([first])
     # Its record is no longer the file's last: its time is the first watcher's, here unknown.
     assert (observed["unit"].exit_code, observed["unit"].exited_at) == (3, None)
 
 
-async def test_a_grown_status_file_is_removed_at_the_next_start(posix):
-    run_dir = posix.state_dir / "run" / "unit"
+async def test_a_grown_status_file_is_removed_at_the_next_start(shim):
+    run_dir = shim.state_dir / "run" / "unit"
     run_dir.mkdir(parents=True)
     (run_dir / "status").write_text("0123456789abcdef 1\n" * 1000)
 
-    handle = await posix.start(["sh", "-c", "exit 5"])
+    handle = await shim.start(["sh", "-c", "exit 5"])
 
-    assert await shim_record(posix, handle) == "5"
+    assert await shim_record(shim, handle) == "5"
     assert status_file(handle).read_text() == f"{handle.data['token']} 5\n"
 
 
-async def test_a_record_in_the_old_format_still_counts_for_a_handle_without_token(posix):
-    handle = await posix.start(posix.gate("exit 7"))
-    posix.release()
-    await shim_record(posix, handle)
+async def test_a_record_in_the_old_format_still_counts_for_a_handle_without_token(shim):
+    handle = await shim.start(shim.gate("exit 7"))
+    shim.release()
+    await shim_record(shim, handle)
     old = attrs.evolve(handle, data={k: v for k, v in handle.data.items() if k != "token"})
     status_file(old).write_text(f"{handle.pid} {handle.data['start_ticks']} 9\n")
-    await posix.wait_until(lambda: not posix.alive(handle.data["shim_pid"]), what="the shim to exit")
+    await shim.wait_until(lambda: not shim.alive(handle.data["shim_pid"]), what="the shim to exit")
 
-    observed = (await posix.new_driver().observe([old]))["unit"]
-    mine = (await posix.new_driver().observe([handle]))["unit"]
+    observed = (await shim.new_driver().observe([old]))["unit"]
+    mine = (await shim.new_driver().observe([handle]))["unit"]
 
     assert (observed.exit_code, mine.exit_code, mine.message) == (9, None, UNRECORDED)
 
 
-async def test_the_shim_outlives_the_stop_signal_and_records_it(posix):
-    handle = await posix.start(["sleep", "1000"])
+async def test_the_shim_outlives_the_stop_signal_and_records_it(shim):
+    handle = await shim.start(["sleep", "1000"])
 
-    await posix.driver.stop(handle, signal.SIGTERM, 10.0)
+    await shim.driver.stop(handle, signal.SIGTERM, 10.0)
 
-    assert await shim_record(posix, handle) == str(128 + signal.SIGTERM)
+    assert await shim_record(shim, handle) == str(128 + signal.SIGTERM)
 
 
-async def test_an_unobserved_status_above_128_is_reported_as_unknown(posix):
-    handle = await exited_unobserved(posix, "exit 130")
+async def test_an_unobserved_status_above_128_is_reported_as_unknown(shim):
+    handle = await exited_unobserved(shim, "exit 130")
 
-    observed = (await posix.new_driver().observe([handle]))["unit"]
+    observed = (await shim.new_driver().observe([handle]))["unit"]
 
     assert observed.state is ProcessState.EXITED
     assert (observed.exit_code, observed.exit_signal) == (None, None)
@@ -219,13 +243,13 @@ async def test_an_unobserved_status_above_128_is_reported_as_unknown(posix):
     assert observed.exited_at == status_file(handle).stat().st_mtime
 
 
-async def test_an_unobserved_kill_is_reported_as_unknown(posix):
-    handle = await posix.start(["sleep", "1000"])
-    await posix.driver.aclose()
+async def test_an_unobserved_kill_is_reported_as_unknown(shim):
+    handle = await shim.start(["sleep", "1000"])
+    await shim.driver.aclose()
     os.kill(handle.pid, signal.SIGKILL)
-    await shim_record(posix, handle)
+    await shim_record(shim, handle)
 
-    observed = (await posix.new_driver().observe([handle]))["unit"]
+    observed = (await shim.new_driver().observe([handle]))["unit"]
 
     assert (observed.exit_code, observed.exit_signal) == (None, None)
     assert "exit status 137" in observed.message
@@ -241,18 +265,18 @@ async def test_a_watching_driver_tells_exit_130_from_a_signal(posix):
     assert (observed.exit_code, observed.exit_signal) == (130, None)
 
 
-async def test_no_record_for_this_process_means_unknown_exit(posix):
-    handle = await posix.start(["sleep", "1000"])
-    gone_pid = posix.spawn_unrelated(["true"])
-    await posix.wait_until(lambda: posix.start_ticks(gone_pid) is None, what="the helper to be reaped")
-    forged = posix.recycled(handle, gone_pid)
+async def test_no_record_for_this_process_means_unknown_exit(shim):
+    handle = await shim.start(["sleep", "1000"])
+    gone_pid = shim.spawn_unrelated(["true"])
+    await shim.wait_until(lambda: shim.start_ticks(gone_pid) is None, what="the helper to be reaped")
+    forged = shim.recycled(handle, gone_pid)
     # A record of some other start in the same file must not be taken for this one's.
     status_file(forged).write_text(f"{gone_pid} 1 7\n")
     forged_old = attrs.evolve(forged, data={k: v for k, v in forged.data.items() if k != "token"})
-    assert (await posix.new_driver().observe([forged_old]))["unit"].message == UNRECORDED
+    assert (await shim.new_driver().observe([forged_old]))["unit"].message == UNRECORDED
     status_file(forged).write_text("0123456789abcdef 7\n")
 
-    observed = (await posix.new_driver().observe([forged]))["unit"]
+    observed = (await shim.new_driver().observe([forged]))["unit"]
 
     assert observed.state is ProcessState.EXITED
     assert (observed.exit_code, observed.exit_signal, observed.message) == (None, None, UNRECORDED)
@@ -313,6 +337,73 @@ async def test_the_handle_survives_a_json_round_trip(posix):
     observed = (await posix.new_driver().observe([restored]))["unit"]
 
     assert (observed.state, observed.pid) == (ProcessState.RUNNING, handle.pid)
+
+
+# --- started directly (as by a daemon) ---------------------------------------------------------
+
+
+async def test_a_direct_start_runs_the_command_itself_as_our_child_and_session_leader(direct):
+    handle = await direct.start(["sleep", "1000"])
+
+    fields = direct_stat(handle.pid)
+    assert (fields["ppid"], fields["pgid"], fields["sid"]) == (os.getpid(), handle.pid, handle.pid)
+    assert (handle.data["shim_pid"], handle.data["status_file"]) == (None, None)
+    assert not (direct.state_dir / "run").exists()
+
+
+def direct_stat(pid: int) -> dict[str, int]:
+    fields = process_stat(pid)
+    return {"ppid": int(fields[1]), "pgid": int(fields[2]), "sid": int(fields[3])}
+
+
+async def test_a_direct_start_runs_in_the_units_cwd_with_its_path_and_inherits_no_descriptor(direct):
+    bin_dir = direct.work / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "where"
+    tool.write_text("#!/bin/sh\npwd\nls /proc/$$/fd\n")
+    tool.chmod(0o755)
+    leaked = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(leaked, True)
+    try:
+        handle = await direct.start(["where"], env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    finally:
+        os.close(leaked)
+    await direct.driver.wait(handle)
+    out = direct.state_dir / "logs" / "unit.out"
+    await direct.wait_until(lambda: out.exists() and len(out.read_text().split()) >= 4, what="the output")
+
+    lines = out.read_text().split()
+    assert lines[0] == str(direct.work)
+    assert set(lines[1:]) <= {"0", "1", "2", "10"}  # 10: dash's copy of the script it reads
+
+
+@pytest.mark.parametrize(
+    "command, cwd, message",
+    [(["no-such-command-here"], None, "command not found"), (["true"], "/no/such/dir", "cwd: no such directory")],
+)
+async def test_a_missing_command_or_cwd_is_a_permanent_start_error(posix, command, cwd, message):
+    with pytest.raises(DriverError, match=message) as caught:
+        await posix.start(command, cwd=Path(cwd) if cwd else None)
+    assert caught.value.transient is False
+
+
+async def test_exits_of_direct_starts_are_exact_also_for_a_driver_that_took_them_over(direct):
+    watched = await direct.start(direct.gate("exit 130"), name="watched")
+    taken_over = await direct.start(["sleep", "1000"], name="taken-over")
+    successor = direct.new_driver()  # as after a daemon restart: it did not start them
+    await direct.driver.aclose()
+    for _ in range(2):  # looked at twice: the successor keeps a pidfd, as the loop's exit watch does
+        assert (await successor.observe([taken_over]))["taken-over"].state is ProcessState.RUNNING
+
+    direct.release()
+    os.kill(taken_over.pid, signal.SIGKILL)
+    for handle in (watched, taken_over):
+        await reaped(direct, handle)
+    observed = await successor.observe([watched, taken_over])
+
+    assert (observed["watched"].exit_code, observed["watched"].exit_signal) == (None, None)
+    assert observed["watched"].message == UNRECORDED  # ended while no driver held it: honest, not guessed
+    assert (observed["taken-over"].exit_code, observed["taken-over"].exit_signal) == (None, signal.SIGKILL)
 
 
 # --- identity and stopping -----------------------------------------------------------------
@@ -394,45 +485,45 @@ async def test_a_handle_looked_at_twice_keeps_the_exact_exit_even_if_it_ends_unw
         assert (await driver.observe([handle]))["unit"].state is ProcessState.RUNNING
 
     os.kill(handle.pid, signal.SIGKILL)
-    await shim_record(posix, handle)  # reaped by the shim: /proc no longer knows how it ended
+    await reaped(posix, handle)  # /proc no longer knows how it ended
     observed = (await driver.observe([handle]))["unit"]
 
     assert (observed.exit_code, observed.exit_signal) == (None, signal.SIGKILL)
 
 
 @pytest.mark.skipif(not os.geteuid() == 0, reason="a zombie's exit status is shown to root only")
-async def test_a_fresh_driver_reports_an_unreaped_process_as_exited_with_its_signal(posix):
-    handle = await posix.start(["sleep", "1000"])
-    shim = handle.data["shim_pid"]
-    os.kill(shim, signal.SIGSTOP)  # a stopped shim cannot reap: the unit stays a zombie
+async def test_a_fresh_driver_reports_an_unreaped_process_as_exited_with_its_signal(shim):
+    handle = await shim.start(["sleep", "1000"])
+    shim_pid = handle.data["shim_pid"]
+    os.kill(shim_pid, signal.SIGSTOP)  # a stopped shim cannot reap: the unit stays a zombie
     try:
-        await posix.wait_until(lambda: proc_status(shim)["State"].startswith("T"), what="the shim to stop")
+        await shim.wait_until(lambda: proc_status(shim_pid)["State"].startswith("T"), what="the shim to stop")
         os.kill(handle.pid, signal.SIGKILL)
-        await posix.wait_until(lambda: not posix.alive(handle.pid), what="the unit to die")
+        await shim.wait_until(lambda: not shim.alive(handle.pid), what="the unit to die")
 
-        observed = (await posix.new_driver().observe([handle]))["unit"]
+        observed = (await shim.new_driver().observe([handle]))["unit"]
     finally:
-        os.kill(shim, signal.SIGCONT)
+        os.kill(shim_pid, signal.SIGCONT)
 
     assert (observed.state, observed.exit_signal) == (ProcessState.EXITED, signal.SIGKILL)
 
 
-async def test_a_group_is_signalled_only_while_its_leader_or_the_main_process_is_in_it(posix):
+async def test_a_group_is_signalled_only_while_its_leader_or_the_main_process_is_in_it(shim):
     script = "import os, time; os.setpgid(0, 0); open('left', 'w').close(); time.sleep(1000)"
-    handle = await posix.start([sys.executable, "-c", script])
-    await posix.wait_until((posix.work / "left").exists, what="the unit to leave its group")
+    handle = await shim.start([sys.executable, "-c", script])
+    await shim.wait_until((shim.work / "left").exists, what="the unit to leave its group")
     ident = Identity.of(handle)
-    main, shim = (os.pidfd_open(pid) for pid in (ident.pid, ident.shim_pid))
+    main, shim_fd = (os.pidfd_open(pid) for pid in (ident.pid, ident.shim_pid))
     try:
-        assert UnitGroup(ident.pgid, ident.pid, main, shim).ours()
+        assert UnitGroup(ident.pgid, ident.pid, main, shim_fd).ours()
         os.kill(ident.shim_pid, signal.SIGKILL)
-        await posix.wait_until(lambda: not posix.alive(ident.shim_pid), what="the shim to die")
+        await shim.wait_until(lambda: not shim.alive(ident.shim_pid), what="the shim to die")
 
-        assert not UnitGroup(ident.pgid, ident.pid, main, shim).ours()
+        assert not UnitGroup(ident.pgid, ident.pid, main, shim_fd).ours()
     finally:
         os.close(main)
-        os.close(shim)
-    observed = await posix.driver.stop(handle, signal.SIGTERM, 10.0)  # the main process still gets it
+        os.close(shim_fd)
+    observed = await shim.driver.stop(handle, signal.SIGTERM, 10.0)  # the main process still gets it
     assert observed.exit_signal == signal.SIGTERM
 
 
@@ -449,24 +540,24 @@ async def start_under_lying_shim(h, monkeypatch, report: str) -> int:
     return shim
 
 
-async def test_a_reported_process_outside_the_units_session_is_refused_and_the_shim_killed(posix, monkeypatch):
-    stranger = posix.spawn_unrelated(["sleep", "1000"])
+async def test_a_reported_process_outside_the_units_session_is_refused_and_the_shim_killed(shim, monkeypatch):
+    stranger = shim.spawn_unrelated(["sleep", "1000"])
 
     with pytest.raises(DriverError, match="not in the unit's session"):
-        await start_under_lying_shim(posix, monkeypatch, f"{stranger} {posix.start_ticks(stranger)}")
+        await start_under_lying_shim(shim, monkeypatch, f"{stranger} {shim.start_ticks(stranger)}")
 
-    shim = int((posix.work / "shim.pid").read_text())
-    await posix.wait_until(lambda: not posix.alive(shim), what="the lying shim to be killed")
-    assert posix.alive(stranger)
+    shim_pid = int((shim.work / "shim.pid").read_text())
+    await shim.wait_until(lambda: not shim.alive(shim_pid), what="the lying shim to be killed")
+    assert shim.alive(stranger)
 
 
 @pytest.mark.parametrize("report", ["hello", "0 12", "12", "-3 4"])
-async def test_a_garbled_report_is_a_start_error_and_the_shim_killed(posix, monkeypatch, report):
+async def test_a_garbled_report_is_a_start_error_and_the_shim_killed(shim, monkeypatch, report):
     with pytest.raises(DriverError, match="report is not"):
-        await start_under_lying_shim(posix, monkeypatch, report)
+        await start_under_lying_shim(shim, monkeypatch, report)
 
-    shim = int((posix.work / "shim.pid").read_text())
-    await posix.wait_until(lambda: not posix.alive(shim), what="the lying shim to be killed")
+    shim_pid = int((shim.work / "shim.pid").read_text())
+    await shim.wait_until(lambda: not shim.alive(shim_pid), what="the lying shim to be killed")
 
 
 # --- user and group ---------------------------------------------------------------------------
@@ -475,21 +566,21 @@ async def test_a_garbled_report_is_a_start_error_and_the_shim_killed(posix, monk
 @pytest.fixture
 def open_state_dir():
     """A state directory the unit's user can reach (pytest's tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="reconciler-posix-"))
+    path = Path(tempfile.mkdtemp(prefix="reconciler-shim-"))
     path.chmod(0o755)
     yield path
     shutil.rmtree(path)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
-async def test_a_user_unit_runs_with_that_users_ids_and_its_shim_still_records(posix, open_state_dir):
+async def test_a_user_unit_runs_with_that_users_ids_and_its_shim_still_records(shim, open_state_dir):
     nobody = pwd.getpwnam("nobody")
     driver = PosixDriver(open_state_dir)
-    posix.drivers.append(driver)
+    shim.drivers.append(driver)
     script = "while [ ! -e release ]; do sleep 0.01; done; exit 7"
-    spec = posix.spec(["/bin/sh", "-c", script], cwd=open_state_dir, user="nobody")
-    handle = await driver.start(posix.launch(spec))
-    posix.track(handle.pid)
+    spec = shim.spec(["/bin/sh", "-c", script], cwd=open_state_dir, user="nobody")
+    handle = await driver.start(shim.launch(spec))
+    shim.track(handle.pid)
 
     status = proc_status(handle.pid)
     assert status["Uid"].split() == [str(nobody.pw_uid)] * 4
@@ -499,13 +590,13 @@ async def test_a_user_unit_runs_with_that_users_ids_and_its_shim_still_records(p
 
     (open_state_dir / "release").touch()
     await driver.wait(handle)
-    assert await shim_record(posix, handle) == "7"
+    assert await shim_record(shim, handle) == "7"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing group needs root")
-async def test_a_group_alone_changes_the_gid_and_drops_supplementary_groups(posix):
+async def test_a_group_alone_changes_the_gid_and_drops_supplementary_groups(shim):
     nogroup = grp.getgrnam("nogroup")
-    handle = await posix.start(["sleep", "1000"], group="nogroup")
+    handle = await shim.start(["sleep", "1000"], group="nogroup")
 
     status = proc_status(handle.pid)
     assert status["Uid"].split() == ["0"] * 4
@@ -514,8 +605,8 @@ async def test_a_group_alone_changes_the_gid_and_drops_supplementary_groups(posi
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
-async def test_an_unknown_user_or_group_is_a_permanent_error(posix):
+async def test_an_unknown_user_or_group_is_a_permanent_error(shim):
     for fields, what in [({"user": "no-such-user-here"}, "user"), ({"group": "no-such-group-here"}, "group")]:
         with pytest.raises(DriverError, match=f"unknown {what}") as caught:
-            await posix.start(["sleep", "1000"], **fields)
+            await shim.start(["sleep", "1000"], **fields)
         assert caught.value.transient is False
