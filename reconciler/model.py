@@ -8,11 +8,13 @@ signals are ``signal.Signals``, timestamps are float seconds since the epoch.
 
 from __future__ import annotations
 
+import collections.abc
 import enum
 import functools
 import hashlib
+import operator
 import signal
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import attrs
 import orjson
@@ -104,7 +106,8 @@ class Resources:
 
 
 def _frozen_env(value: Mapping[str, str] | tuple = ()) -> tuple[tuple[str, str], ...]:
-    items = value.items() if isinstance(value, Mapping) else value
+    # collections.abc, not typing: typing's isinstance check costs ten times more.
+    items = value.items() if isinstance(value, collections.abc.Mapping) else value
     return tuple(sorted((str(k), str(v)) for k, v in items))
 
 
@@ -166,17 +169,29 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
     Hand-rolled rather than `attrs.asdict`: it runs for every spec a process
     loads (content hashes), and the generic walk costs several times more.
     """
-    return {name: _plain(getattr(spec, name)) for name in _field_names(Spec)}
+    return _plain(spec)
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, signal.Signals):
-        return value.name
-    if isinstance(value, enum.Enum):
-        return value.value
-    if attrs.has(type(value)):
-        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
-    return value
+    convert = _converter(type(value))
+    return value if convert is None else convert(value)
+
+
+@functools.cache
+def _converter(cls: type) -> Callable[[Any], Any] | None:
+    """How a value of this type becomes JSON-ready; None when it already is.
+
+    Decided once per type: asking `attrs.has` and `isinstance` of every value
+    made up most of a content hash.
+    """
+    if issubclass(cls, signal.Signals):
+        return operator.attrgetter("name")
+    if issubclass(cls, enum.Enum):
+        return operator.attrgetter("value")
+    if attrs.has(cls):
+        names = _field_names(cls)
+        return lambda obj: {name: _plain(getattr(obj, name)) for name in names}
+    return None
 
 
 @functools.cache

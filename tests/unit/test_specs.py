@@ -282,6 +282,17 @@ def test_every_field_in_every_format(suffix: str) -> None:
     assert spec_from_dict(spec_to_dict(spec)) == spec
 
 
+def test_hashes_stay_what_ledgers_already_hold() -> None:
+    """Ledgers keep content hashes (the spec_files table) and status shows the process hash:
+    a change in how a spec is hashed re-parses every file once and changes `spec_hash`."""
+    spec = attrs.evolve(FULL_SPEC, path=f"{SPECS}/api.toml")
+    data = spec_to_dict(spec)
+    assert data["stop"] == {"signal": "SIGINT", "timeout": 3600.0}
+    assert data["restart"]["policy"] == "on-failure" and data["health"]["on_unhealthy"] == "ignore"
+    assert spec.content_hash == "sha256:66d90410b3d7a48bf56b79f6ecea56b2cae0e0d880020ac91166af74a9493e1f"
+    assert spec.process_hash == "sha256:badac4a8642bd38a52338a0b3b34ddd1f2297023b6c80bbf3ea86b8c8d34d26a"
+
+
 @pytest.mark.parametrize(
     ("health", "expected"),
     [
