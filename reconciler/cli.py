@@ -1,17 +1,15 @@
 """The command line (see the contract): parse flags, call the core, print, map errors to exit codes.
 
-Heavy modules are imported inside the commands that need them, so that
-`status` and `validate` start fast from scripts and cron.
+Heavy modules (logging and uuid among them) are imported inside the commands
+that need them, so that `status` and `validate` start fast from scripts and cron.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -108,8 +106,11 @@ def run(obj: dict[str, Any], **flags: Any) -> None:
         events_max_bytes=flags.pop("events_max_bytes"),
         events_keep=flags.pop("events_keep"),
     )
-    logging.basicConfig(level=logging.WARNING - 10 * obj.get("verbose", 0), format="reconciler: %(message)s")
+    import logging
+
     from .daemon import run_daemon, run_once
+
+    logging.basicConfig(level=logging.WARNING - 10 * obj.get("verbose", 0), format="reconciler: %(message)s")
 
     if once:
         sys.exit(run_once(settings))
@@ -217,6 +218,8 @@ def plan(obj: dict[str, Any], as_json: bool) -> None:
 @click.pass_obj
 def restart(obj: dict[str, Any], name: str) -> None:
     """Request a restart, carried out by the running daemon or the next --once."""
+    import uuid
+
     from .status import request_restart
 
     holder = request_restart(settings_from(obj), name, uuid.uuid4().hex, time.time())

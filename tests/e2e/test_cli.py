@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 
 import orjson
 
@@ -114,3 +115,16 @@ def test_a_new_process_does_not_parse_unchanged_specs(rc):
         assert reconciler.reader.parse_count == 1
     finally:
         reconciler.ledger.close()
+
+
+def test_status_checks_each_process_and_asks_the_driver_about_the_dead(rc):
+    rc.spec("a.toml", 'command = ["sleep", "9901"]\n')
+    rc.spec("b.toml", 'command = ["sleep", "9902"]\n')
+    rc.cli("--once", check=0)
+    before = {u["name"]: u for u in rc.status()["units"]}
+    os.kill(before["a"]["pid"], signal.SIGKILL)
+    wait_until(lambda: not proc_alive(before["a"]["pid"]), what="a's process to die")
+    after = {u["name"]: u for u in rc.status()["units"]}
+    assert after["a"]["state"] == "exited" and after["a"]["pid"] is None and after["a"]["started_at"] is None
+    assert after["a"]["exit_signal"] == signal.SIGKILL or "137" in after["a"]["message"], after["a"]
+    assert after["b"] == before["b"] and after["b"]["state"] == "running"
