@@ -12,7 +12,9 @@
 Prints the functions with the most samples (inclusive, and where the time is
 spent itself) and writes the raw profile (py-spy collapsed stacks, or
 pyinstrument text) to bench/.work/profile/. Uses the same adapter, cgroup and
-observer as run.py; run it in the bench venv (run.py builds it).
+observer as run.py; run it in the bench venv (run.py builds it). Like run.py, it
+first reinstalls the reconciler there if its sources changed, so the profile is
+of this checkout, installed as users install it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from harness.observer import Observer  # noqa: E402
 from harness.systems import Tools  # noqa: E402
 from harness.systems.reconciler import Reconciler  # noqa: E402
 from harness.workloads import kill_and_wait  # noqa: E402
+from run import VENV, refresh_install  # noqa: E402
 
 OUT = BENCH / ".work" / "profile"
 DAEMON = ("converge", "idle", "crash", "add", "shutdown")
@@ -118,7 +121,8 @@ def profile_one_shot(scenario: str, n: int, tools: Tools, observer: Observer, sy
     observer.wait_execs(args, 0, timeout=120)
     out = OUT / f"{scenario}-{n}.txt"
     command = ["--once"] if scenario == "once" else ["status", "--json"]
-    pyinstrument = [tools.exe("pyinstrument"), "-o", str(out), "-m", "reconciler", *command]
+    # The console script, as the benchmark runs it (`-m` would import the checkout in the working directory).
+    pyinstrument = [tools.exe("pyinstrument"), "-o", str(out), tools.exe("reconciler"), *command]
     system.fence.enter()
     try:
         subprocess.run(pyinstrument, env=system.env, stdout=subprocess.DEVNULL, check=True)
@@ -132,6 +136,8 @@ def main() -> None:
     p.add_argument("scenario", choices=DAEMON + ONE_SHOT)
     p.add_argument("--n", type=int, default=1000)
     args = p.parse_args()
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        refresh_install()
     tools = Tools(bin_dir=Path(sys.executable).parent, python=sys.executable, sleep="/usr/bin/sleep")
     OUT.mkdir(parents=True, exist_ok=True)
     tag = f"8{random.randrange(10**4):04d}"

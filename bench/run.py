@@ -6,7 +6,9 @@
     python bench/run.py --only add_one,crash_restart --systems raw,reconciler
 
 On first use it builds its own virtualenv, bench/.venv, with the reconciler
-(editable), supervisor, py-spy and pyinstrument, and re-executes itself there;
+(installed from this checkout as users install it: not editable, byte-compiled,
+reinstalled whenever its sources change), supervisor, py-spy and pyinstrument,
+and re-executes itself there;
 when systemd is to be measured it re-executes once more inside a private mount
 namespace (root only). See bench/README.md for what is measured and how.
 """
@@ -71,9 +73,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # -- re-executing: the bench venv, then the mount namespace ---------------------------
 
 
+# What the reconciler's wheel is built from: a change to any of these means a reinstall.
+PROJECT_SOURCES = ("pyproject.toml", "README.md", "reconciler", "drivers")
+NOT_SOURCES = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
 def ensure_venv() -> None:
     """Build bench/.venv when missing or when the project's packaging changed; exec into it."""
     if Path(sys.prefix).resolve() == VENV.resolve():
+        refresh_install()
         return
     python = VENV / "bin" / "python"
     stamp = VENV / ".bench-stamp"
@@ -81,12 +89,60 @@ def ensure_venv() -> None:
     if not (python.exists() and stamp.exists() and stamp.read_text() == want):
         print(f"building {VENV.relative_to(ROOT)} (reconciler, {', '.join(VENV_PACKAGES)})", flush=True)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-        pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-        done = subprocess.run([*pip, "-e", str(ROOT), *VENV_PACKAGES], capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"pip could not build {VENV}:\n{done.stdout}{done.stderr}")
+        pip_install(python, [str(project_copy()), *VENV_PACKAGES])
+        (VENV / ".bench-source-stamp").write_text(source_digest())
         stamp.write_text(want)
     os.execv(python, [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+def refresh_install() -> None:
+    """Reinstall the reconciler into bench/.venv if its sources changed since it was installed.
+
+    It is installed, not editable, so that start-up is what users get (no editable
+    finder on every start, modules byte-compiled by pip): the one-shot commands'
+    wall times depend on it.
+    """
+    stamp = VENV / ".bench-source-stamp"
+    digest = source_digest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    print("reinstalling the reconciler into bench/.venv (its sources changed)", flush=True)
+    pip_install(VENV / "bin" / "python", ["--no-deps", "--force-reinstall", str(project_copy())])
+    stamp.write_text(digest)
+
+
+def source_digest() -> str:
+    digest = hashlib.sha256()
+    for name in PROJECT_SOURCES:
+        top = ROOT / name
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
+        for path in files:
+            if "__pycache__" in path.parts or path.suffix == ".pyc":
+                continue
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def project_copy() -> Path:
+    """A fresh copy of the project's sources to build from: an in-tree build would leave
+    setuptools' build/ directory, which keeps modules deleted since, in the checkout."""
+    copy = BENCH / ".work" / "project"
+    shutil.rmtree(copy, ignore_errors=True)
+    copy.mkdir(parents=True)
+    for name in PROJECT_SOURCES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=NOT_SOURCES)
+        else:
+            shutil.copy2(source, copy / name)
+    return copy
+
+
+def pip_install(python: Path, args: list[str]) -> None:
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--compile"]
+    done = subprocess.run([*pip, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"pip could not install into {VENV}:\n{done.stdout}{done.stderr}")
 
 
 def ensure_namespace(systems: list[str]) -> None:
