@@ -57,9 +57,10 @@ def observe_recorded(settings: Settings, handles: Iterable[dict[str, Any]]) -> d
     """What the OS says now about each recorded handle (`Handle.to_json` form), keyed by unit.
 
     A process that /proc shows alive with the handle's pid and start time is
-    running: that is the same check a driver makes, and it needs no driver.
-    Any other answer (gone, a zombie, another start time, no /proc) is the
-    driver's to give, with the exit facts only it can find.
+    running: the check a driver makes, and it needs no driver (a start time in
+    wall-clock terms also tells a process of an earlier boot apart). Any other
+    answer (gone, a zombie, another start time, no /proc) is the driver's to
+    give, with the exit facts only it can find.
     """
     observed: dict[str, Observation] = {}
     doubtful: list[Handle] = []
