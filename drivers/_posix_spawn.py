@@ -58,8 +58,9 @@ def spawn(
     cwd: bytes,
     stdout: int,
     stderr: int,
+    stdin: int | None = None,
 ) -> int:
-    """Start `path` in `cwd`, in a new session, stdin on /dev/null, stdout/stderr on the given fds.
+    """Start `path` in `cwd`, in a new session, with stdio on the given fds (stdin: /dev/null if None).
 
     Every catchable signal starts with its default action and none is blocked;
     no descriptor but 0, 1 and 2 is inherited. Returns the pid once the exec
@@ -73,7 +74,10 @@ def spawn(
     try:
         _check(libc.posix_spawn_file_actions_adddup2(actions, stdout, 1), "stdout")
         _check(libc.posix_spawn_file_actions_adddup2(actions, stderr, 2), "stderr")
-        _check(libc.posix_spawn_file_actions_addopen(actions, 0, b"/dev/null", os.O_RDONLY, 0), "stdin")
+        if stdin is None:
+            _check(libc.posix_spawn_file_actions_addopen(actions, 0, b"/dev/null", os.O_RDONLY, 0), "stdin")
+        else:
+            _check(libc.posix_spawn_file_actions_adddup2(actions, stdin, 0), "stdin")
         _check(libc.posix_spawn_file_actions_addclosefrom_np(actions, 3), "closefrom")
         _check(libc.posix_spawn_file_actions_addchdir_np(actions, cwd), "cwd")
         no_signals, all_signals = _buffer(_SIGSET_SIZE), _buffer(_SIGSET_SIZE)

@@ -22,11 +22,11 @@ from reconciler.errors import DriverError
 from reconciler.model import Spec
 
 from . import _linux, _posix_spawn
+from ._keeper import RECORDS_KEPT
 
 SHELL = "/bin/sh"
 SHIM = str(Path(__file__).with_name("shim.sh"))
 LOG_MODE = 0o640
-RECORDS_KEPT = 4096  # bytes of shim records (about 200 starts) a unit's status file may grow to
 # posix_spawn resets these to SIG_DFL in the child: every signal a handler may catch.
 CATCHABLE_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
@@ -140,17 +140,22 @@ def prepare_status_file(state_dir: Path, unit: str, ids: Ids | None) -> Path:
     RECORDS_KEPT bytes, and whenever the unit runs under other ids: the file of
     an earlier run may belong to a user this shim cannot write as.
     """
-    run_dir = state_dir / "run" / unit
+    status = status_file(state_dir, unit)
+    run_dir = status.parent
     _make_dir(run_dir)
-    status_file = run_dir / "status"
     if ids is not None:
         os.chown(run_dir, -1 if ids.uid is None else ids.uid, -1 if ids.gid is None else ids.gid)
     try:
-        if ids is not None or os.stat(status_file).st_size > RECORDS_KEPT:
-            os.unlink(status_file)
+        if ids is not None or os.stat(status).st_size > RECORDS_KEPT:
+            os.unlink(status)
     except FileNotFoundError:
         pass
-    return status_file
+    return status
+
+
+def status_file(state_dir: Path, unit: str) -> Path:
+    """Where a unit's exit records are appended (by its shims, or by the exit keeper)."""
+    return state_dir / "run" / unit / "status"
 
 
 def shim_argv(status_file: Path, token: str, spec: Spec) -> tuple[str, ...]:

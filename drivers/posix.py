@@ -2,10 +2,11 @@
 
 Started by a resident daemon, a unit's command is spawned directly: it is the
 session and group leader, the daemon (its parent, a subreaper) reaps it, and the
-kernel keeps its exit status for our pidfd (PIDFD_GET_INFO). Started by
-`--once`, which exits at once, a small sh shim (shim.sh) leads the session
-instead and runs the command as its foreground child, so that an exit is
-recorded while no reconciler runs. The driver knows a unit's process by pid + start ticks
+kernel keeps its exit status for our pidfd (PIDFD_GET_INFO); one exit keeper
+process (_keeper.py) holds a pidfd on every such unit too and writes its exit
+down, so an exit while no daemon runs is still known. Started by `--once`,
+which exits at once, a small sh shim (shim.sh) leads the session instead and
+runs the command as its foreground child. The driver knows a unit's process by pid + start ticks
 + boot id and holds a verified pidfd on it, so a recycled pid is never signalled
 and never reported running. Exit facts come, most exact first, from the kernel
 (PIDFD_GET_INFO after the shim reaped the child; /proc/PID/stat of a zombie),
@@ -34,10 +35,12 @@ from reconciler.model import Handle, Observation, ProcessState
 
 from . import _linux, _spawn
 from ._group import UnitGroup
+from ._keeper_client import KeeperClient
 from ._pidfds import PidfdTable, default_capacity
 
 START_TIMEOUT = 10.0  # the shim must report the command's pid and the exec must be seen by then
 SHIM_RECORD_WAIT = 2.0  # per observe/stop call: how long to wait for exiting shims to write their record
+KEEPER_RECORD_WAIT = 0.5  # how long the exit keeper may take to write down an exit it saw
 EXIT_MEMORY = 4096  # exit facts of this many dead processes are kept, so answers stay exact
 EXEC_FAILED = (126, 127)  # how sh reports that `exec` failed
 
@@ -57,6 +60,8 @@ class Identity:
     pgid: int
     status_file: str | None
     token: str | None  # None for handles from before tokens: their shim records "PID START_TICKS STATUS"
+    keeper_pid: int | None = None  # started directly: the exit keeper that writes its record
+    keeper_start_ticks: int | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -89,6 +94,8 @@ class Identity:
                 pgid=int(data["pgid"]),
                 status_file=_optional(str, data["status_file"]),
                 token=None if data.get("token") is None else str(data["token"]),
+                keeper_pid=_optional(int, data.get("keeper_pid")),
+                keeper_start_ticks=_optional(int, data.get("keeper_start_ticks")),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -104,6 +111,7 @@ class ShimRecord:
 
     status: int
     written_at: float | None  # None when a later record was appended after it: its own time is lost
+    exact: bool = False  # a wait status from the exit keeper, not the shim's $?
 
 
 RECORD_TAIL = 16384  # how much of the end of a status file is searched for a record
@@ -128,25 +136,32 @@ def read_shim_record(ident: Identity) -> ShimRecord | None:
     found = find_record(text, ident.record_key)
     if found is None:
         return None
-    status, last = found
-    return ShimRecord(status, st.st_mtime if last else None)
+    status, exact, last = found
+    return ShimRecord(status, st.st_mtime if last else None, exact)
 
 
-def find_record(text: bytes, key: tuple[bytes, ...]) -> tuple[int, bool] | None:
-    """The status in the latest complete line "KEY... STATUS" of `text`, and whether that line is the last.
+def find_record(text: bytes, key: tuple[bytes, ...]) -> tuple[int, bool, bool] | None:
+    """From the latest complete line "KEY... STATUS" of `text`: the status, whether it is exact, and
+    whether that line is the last.
 
-    Shims append their records; a line without its newline is still being written.
+    STATUS is sh's $? from a shim, or "w" and the wait status from the exit keeper.
+    Records are appended; a line without its newline is still being written.
     """
     lines = text.split(b"\n")[:-1]
     for index in range(len(lines) - 1, -1, -1):
         *fields, status = lines[index].split() or [b""]
+        exact = status.startswith(b"w")
+        if exact:
+            status = status[1:]
         if tuple(fields) == key and status.isdigit():
-            return int(status), index == len(lines) - 1
+            return int(status), exact, index == len(lines) - 1
     return None
 
 
 def exit_facts(wait_status: int | None, record: ShimRecord | None) -> tuple[int | None, int | None, str]:
     """(exit_code, exit_signal, message) from the best source available; never a guess."""
+    if wait_status is None and record is not None and record.exact:
+        wait_status = record.status
     if wait_status is not None:
         if os.WIFSIGNALED(wait_status):
             return None, os.WTERMSIG(wait_status), ""
@@ -226,6 +241,9 @@ class PosixDriver(Driver):
         self._exits: collections.OrderedDict[tuple[int, int], Observation] = collections.OrderedDict()
         # When this driver first saw a process's pidfd readable (its exit time if no record says better).
         self._exit_seen: dict[tuple[int, int], float] = {}
+        # Units started directly that the exit keeper watches for us (handed over again if it is restarted).
+        self._keeper = KeeperClient(str(self.state_dir / "run" / "keeper.log"))
+        self._kept: dict[tuple[int, int], Identity] = {}
 
     @classmethod
     def available(cls) -> str | None:
@@ -257,6 +275,8 @@ class PosixDriver(Driver):
     def _start_direct(self, launch: Launch, env: dict[bytes, bytes]) -> Identity:
         """The command as our own child: one spawn, confirmed exec'd when it returns."""
         child = _spawn.spawn_direct(launch, env)
+        self._pidfds.put((child.pid, child.start_ticks), child.pidfd)
+        keeper_pid, keeper_ticks = self._ensure_keeper()
         ident = Identity(
             pid=child.pid,
             start_ticks=child.start_ticks,
@@ -264,11 +284,30 @@ class PosixDriver(Driver):
             shim_pid=None,
             shim_start_ticks=None,
             pgid=child.pid,
-            status_file=None,
-            token=None,
+            status_file=str(_spawn.status_file(self.state_dir, launch.spec.name)),
+            token=os.urandom(8).hex(),
+            keeper_pid=keeper_pid,
+            keeper_start_ticks=keeper_ticks,
         )
-        self._pidfds.put(ident.key, child.pidfd)
+        self._keep(ident, child.pidfd)
         return ident
+
+    def _ensure_keeper(self) -> tuple[int, int]:
+        """The running exit keeper's identity; a keeper started afresh is handed every unit we keep."""
+        if not self._keeper.ensure():
+            for key, kept in list(self._kept.items()):
+                fd = self._pidfds.get(key)
+                if fd is None:
+                    del self._kept[key]
+                else:
+                    self._keep(kept, fd)
+        assert self._keeper.identity is not None
+        return self._keeper.identity
+
+    def _keep(self, ident: Identity, pidfd: int) -> None:
+        """Have the exit keeper watch a unit started directly (by us, or by a daemon before us)."""
+        self._keeper.watch(ident.token, ident.pid, ident.start_ticks, ident.status_file, pidfd)  # type: ignore[arg-type]
+        self._kept[ident.key] = ident
 
     async def _start_under_shim(self, launch: Launch, env: dict[bytes, bytes], ids: _spawn.Ids | None) -> Identity:
         """The command as the shim's child, for units that outlive the reconciler or change ids."""
@@ -419,6 +458,9 @@ class PosixDriver(Driver):
         pidfd = self._pidfds.get(ident.key)
         if pidfd is None:
             return
+        if ident.shim_key is None and ident.key not in self._kept:
+            self._ensure_keeper()
+            self._keep(ident, pidfd)  # taken over from an earlier daemon
         own = os.dup(pidfd)  # one waiter per fd in the event loop: each waiter gets its own
         try:
             await anyio.wait_readable(own)
@@ -468,6 +510,7 @@ class PosixDriver(Driver):
 
     def _remember_exit(self, ident: Identity, observation: Observation) -> None:
         self._pidfds.discard(ident.key)
+        self._kept.pop(ident.key, None)
         if ident.shim_key is not None:
             self._pidfds.discard(ident.shim_key)
         self._exit_seen.pop(ident.key, None)
@@ -488,10 +531,12 @@ class PosixDriver(Driver):
 
         A shim appends its record before it exits; a command started directly
         has its status kept by the kernel once its parent (the reaper, in this
-        event loop) has reaped it.
+        event loop) has reaped it, and written down by the exit keeper.
         """
         if ident.shim_key is None:
             await _reaped(ident, deadline)
+            if self._exit_sources(ident) == (None, None) and _keeper_alive(ident):
+                await _recorded(ident, min(deadline, anyio.current_time() + KEEPER_RECORD_WAIT))
             return
         pidfd = self._shim_pidfd(ident)
         if pidfd is None:
@@ -535,6 +580,7 @@ class PosixDriver(Driver):
 
     async def aclose(self) -> None:
         self._pidfds.close_all()
+        self._keeper.close()
 
 
 async def _read_report(fd: int) -> tuple[int, int] | None:
@@ -567,6 +613,21 @@ async def _reaped(ident: Identity, deadline: float) -> None:
     while _unreaped(ident) and anyio.current_time() < deadline:
         await anyio.sleep(min(delay, max(0.0, deadline - anyio.current_time())))
         delay = min(delay * 2, 0.02)
+
+
+def _keeper_alive(ident: Identity) -> bool:
+    if ident.keeper_pid is None or ident.keeper_start_ticks is None:
+        return False
+    stat = _linux.read_stat(ident.keeper_pid)
+    return stat is not None and stat.start_ticks == ident.keeper_start_ticks and not stat.zombie
+
+
+async def _recorded(ident: Identity, deadline: float) -> None:
+    """Wait until a record of this start appears (the exit keeper's), or until `deadline`."""
+    delay = 0.0005
+    while read_shim_record(ident) is None and anyio.current_time() < deadline:
+        await anyio.sleep(min(delay, max(0.0, deadline - anyio.current_time())))
+        delay = min(delay * 2, 0.05)
 
 
 async def _exec_seen(pidfd: int, pid: int, shim_cmdline: bytes) -> bool:

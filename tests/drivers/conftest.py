@@ -42,14 +42,11 @@ class Kit:
     # Forge a handle whose pid now belongs to `pid` (a group leader that started at `start_ticks`).
     recycled: Callable[[Handle, int, int], Handle]
     resident: bool = False  # started as by a daemon (Launch.resident), not as by --once
-    # Whether an exit is still known exactly after every driver instance that watched it is gone.
-    records_unwatched_exits: bool = True
 
 
 KITS: dict[str, Kit] = {
     "posix": Kit("posix", recycled=_posix_recycled),
-    # Started directly: only the kernel keeps the exit status, and only for a pidfd held at the exit.
-    "posix-resident": Kit("posix", recycled=_posix_recycled, resident=True, records_unwatched_exits=False),
+    "posix-resident": Kit("posix", recycled=_posix_recycled, resident=True),
 }
 
 
@@ -65,6 +62,16 @@ def process_stat(pid: int) -> list[str] | None:
 def process_start_ticks(pid: int) -> int | None:
     fields = process_stat(pid)
     return None if fields is None else int(fields[19])
+
+
+def children() -> list[int]:
+    """This process's children, zombies included."""
+    found = []
+    for name in os.listdir("/proc"):
+        fields = process_stat(int(name)) if name.isdigit() else None
+        if fields is not None and int(fields[1]) == os.getpid():
+            found.append(int(name))
+    return found
 
 
 def process_alive(pid: int) -> bool:
@@ -209,6 +216,12 @@ async def running_harness(kit: Kit, root: Path):
             for driver in h.drivers:
                 await driver.aclose()
             await wait_until(lambda: not any(map(process_alive, pids)), what="the test's processes to die")
+            # Helpers of the driver's own (an exit keeper) end once their units have: all reaped here.
+            try:
+                await wait_until(lambda: not children(), what="the drivers' helpers to exit")
+            finally:
+                for pid in children():
+                    os.kill(pid, signal.SIGKILL)
             tasks.cancel_scope.cancel()
 
 

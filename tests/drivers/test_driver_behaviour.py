@@ -272,7 +272,7 @@ async def test_a_new_driver_instance_adopts_a_running_unit_and_can_stop_it(harne
     assert not harness.alive(handle.pid)
 
 
-async def test_an_exit_while_no_driver_watches_is_observed_with_its_exit_code_or_said_unknown(harness):
+async def test_an_exit_while_no_driver_watches_is_observed_with_its_exit_code(harness):
     handle = await harness.start(harness.gate("exit 7"))
     await harness.driver.aclose()
     harness.release()
@@ -281,11 +281,7 @@ async def test_an_exit_while_no_driver_watches_is_observed_with_its_exit_code_or
     observed = (await harness.new_driver().observe([handle]))["unit"]
 
     assert observed.state is ProcessState.EXITED
-    if harness.kit.records_unwatched_exits:
-        assert (observed.exit_code, observed.exit_signal) == (7, None)
-    else:  # nothing outlived the driver to write it down: unknown, and said so, never guessed
-        assert (observed.exit_code, observed.exit_signal) == (None, None)
-        assert observed.message
+    assert (observed.exit_code, observed.exit_signal) == (7, None)
 
 
 async def test_a_recycled_pid_is_never_running_and_never_signalled(harness):

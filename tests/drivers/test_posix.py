@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import anyio
 import attrs
 import orjson
 import pytest
@@ -127,6 +128,11 @@ def test_exit_facts(wait_status, shell_status, expected):
     assert exit_facts(wait_status, record) == expected
 
 
+def test_exit_facts_from_the_keepers_record_are_exact():
+    assert exit_facts(None, ShimRecord(130 << 8, 0.0, exact=True)) == (130, None, "")
+    assert exit_facts(None, ShimRecord(signal.SIGKILL, 0.0, exact=True)) == (None, signal.SIGKILL, "")
+
+
 def test_exit_facts_above_128_from_the_record_are_ambiguous():
     code, sig, message = exit_facts(None, ShimRecord(137, 0.0))
     assert (code, sig) == (None, None)
@@ -138,12 +144,14 @@ def test_exit_facts_above_128_from_the_record_are_ambiguous():
 @pytest.mark.parametrize(
     "text, key, expected",
     [
-        (b"aa 1\nbb 2\n", (b"aa",), (1, False)),
-        (b"aa 1\nbb 2\n", (b"bb",), (2, True)),
-        (b"aa 1\nbb 2\naa 3\n", (b"aa",), (3, True)),  # the latest record of a key wins
+        (b"aa 1\nbb 2\n", (b"aa",), (1, False, False)),
+        (b"aa 1\nbb 2\n", (b"bb",), (2, False, True)),
+        (b"aa 1\nbb 2\naa 3\n", (b"aa",), (3, False, True)),  # the latest record of a key wins
         (b"aa 1\nbb 2", (b"bb",), None),  # still being written
-        (b"aa 1\nbb 2", (b"aa",), (1, True)),
-        (b"12 34 7\n", (b"12", b"34"), (7, True)),  # the format of shims before tokens
+        (b"aa 1\nbb 2", (b"aa",), (1, False, True)),
+        (b"12 34 7\n", (b"12", b"34"), (7, False, True)),  # the format of shims before tokens
+        (b"aa w2304\nbb 2\n", (b"aa",), (2304, True, False)),  # the exit keeper's exact wait status
+        (b"aa wx\n", (b"aa",), None),
         (b"12 34 7\n", (b"34",), None),
         (b"aa x\n\naa\n", (b"aa",), None),
         (b"", (b"aa",), None),
@@ -347,8 +355,8 @@ async def test_a_direct_start_runs_the_command_itself_as_our_child_and_session_l
 
     fields = direct_stat(handle.pid)
     assert (fields["ppid"], fields["pgid"], fields["sid"]) == (os.getpid(), handle.pid, handle.pid)
-    assert (handle.data["shim_pid"], handle.data["status_file"]) == (None, None)
-    assert not (direct.state_dir / "run").exists()
+    assert handle.data["shim_pid"] is None
+    assert not (direct.state_dir / "run" / "unit").exists()  # nothing is written until it exits
 
 
 def direct_stat(pid: int) -> dict[str, int]:
@@ -387,23 +395,47 @@ async def test_a_missing_command_or_cwd_is_a_permanent_start_error(posix, comman
     assert caught.value.transient is False
 
 
-async def test_exits_of_direct_starts_are_exact_also_for_a_driver_that_took_them_over(direct):
-    watched = await direct.start(direct.gate("exit 130"), name="watched")
-    taken_over = await direct.start(["sleep", "1000"], name="taken-over")
-    successor = direct.new_driver()  # as after a daemon restart: it did not start them
+async def test_the_exit_keeper_writes_down_exits_while_no_driver_runs_and_is_restarted_if_killed(direct):
+    first = await direct.start(direct.gate("exit 130"), name="first")
+    keeper = first.data["keeper_pid"]
+    os.kill(keeper, signal.SIGKILL)
+    await direct.wait_until(lambda: not direct.alive(keeper), what="the keeper to die")
+    second = await direct.start(["sleep", "1000"], name="second")  # a new keeper, told about both
+    assert second.data["keeper_pid"] not in (None, keeper)
     await direct.driver.aclose()
-    for _ in range(2):  # looked at twice: the successor keeps a pidfd, as the loop's exit watch does
-        assert (await successor.observe([taken_over]))["taken-over"].state is ProcessState.RUNNING
 
     direct.release()
-    os.kill(taken_over.pid, signal.SIGKILL)
-    for handle in (watched, taken_over):
-        await reaped(direct, handle)
-    observed = await successor.observe([watched, taken_over])
+    os.kill(second.pid, signal.SIGKILL)
+    for handle in (first, second):
+        await reaped(direct, handle)  # reaped by this test's reaper: only the keeper's record is left
+        await direct.wait_until(lambda: recorded_status(handle) is not None, what="the keeper's record")
+    observed = await direct.new_driver().observe([first, second])
 
-    assert (observed["watched"].exit_code, observed["watched"].exit_signal) == (None, None)
-    assert observed["watched"].message == UNRECORDED  # ended while no driver held it: honest, not guessed
-    assert (observed["taken-over"].exit_code, observed["taken-over"].exit_signal) == (None, signal.SIGKILL)
+    assert (observed["first"].exit_code, observed["first"].exit_signal) == (130, None)
+    assert (observed["second"].exit_code, observed["second"].exit_signal) == (None, signal.SIGKILL)
+
+
+async def test_a_driver_that_takes_over_a_direct_unit_hands_it_to_its_own_keeper(direct):
+    handle = await direct.start(["sleep", "1000"])
+    os.kill(handle.data["keeper_pid"], signal.SIGKILL)  # the first daemon's keeper is gone too
+    successor = direct.new_driver()
+    await direct.driver.aclose()
+    waiting = anyio.Event()
+
+    async def watch() -> None:  # what the loop does for every unit it has adopted
+        waiting.set()
+        await successor.wait(handle)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(watch)
+        await waiting.wait()
+        await successor.aclose()  # and now no driver runs at all
+        os.kill(handle.pid, signal.SIGKILL)
+    await reaped(direct, handle)
+    await direct.wait_until(lambda: recorded_status(handle) is not None, what="the keeper's record")
+    observed = (await direct.new_driver().observe([handle]))["unit"]
+
+    assert observed.exit_signal == signal.SIGKILL
 
 
 # --- identity and stopping -----------------------------------------------------------------
