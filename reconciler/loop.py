@@ -6,6 +6,11 @@ events, process exits, finished actions, backoff deadlines, SIGHUP, the
 periodic resync) carry no payload: they only poke the loop, and pokes that
 arrive during a pass collapse into one follow-up pass.
 
+One shortcut keeps restarts fast: when a unit's process exits, that one unit
+is observed and planned at once from the desired state of the last pass, and
+restarted if the planner says so (a key-only pass, as controller-runtime's
+per-object requests). The whole pass follows as for any other wake-up.
+
 Actions run as tasks beside the loop, bounded by a limiter, so one slow stop
 never holds up the other units; a unit with an action in flight is "busy" and
 the planner leaves it alone until the outcome is folded in.
@@ -94,6 +99,8 @@ class Reconciler:
         self._probing: set[str] = set()
         self._watched: dict[str, tuple[int | None, anyio.CancelScope]] = {}
         self._wakeup = anyio.Event()
+        self._pass_lock = anyio.Lock()  # a pass and a key-only pass never interleave
+        self._desired: Desired | None = None  # what the last pass read, for key-only passes
         self._limiter = anyio.CapacityLimiter(settings.concurrency)
         self._task_group: Any = None
         self.stopping = False
@@ -168,9 +175,10 @@ class Reconciler:
         """Wait for every in-flight action and fold its outcome in (SIGTERM finishes actions)."""
         while self._busy:
             await self._sleep(None)
-        if self._outcomes:
-            records, events = self._fold_outcomes(self.records)
-            await self._persist(records, events)
+        async with self._pass_lock:
+            if self._outcomes:
+                records, events = self._fold_outcomes(self.records)
+                await self._persist(records, events)
 
     async def _handle_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -184,9 +192,13 @@ class Reconciler:
     # --- one pass -------------------------------------------------------------------------
 
     async def run_pass(self) -> PassResult:
+        async with self._pass_lock:
+            return await self._run_pass()
+
+    async def _run_pass(self) -> PassResult:
         started = self.clock()
         desired = await anyio.to_thread.run_sync(self._read_desired)
-        desired = effective_desired(desired, self.records)
+        desired = self._desired = effective_desired(desired, self.records)
         events: list[Event] = spec_events(self._known_specs, self._known_problems, desired, started)
         self._known_specs = spec_index(desired) if desired.complete else {**self._known_specs, **spec_index(desired)}
         self._known_problems = {p.path: p.error for p in desired.problems}
@@ -341,7 +353,36 @@ class Reconciler:
                 await self.drivers.get(handle.driver).wait(handle)
             except Exception:  # noqa: BLE001 - the next pass observes and reports the truth
                 log.debug("waiting on %s failed", handle.unit, exc_info=True)
-            self.poke()
+        if not scope.cancel_called:
+            await self._pass_one(handle)
+        self.poke()
+
+    async def _pass_one(self, handle: Any) -> None:
+        """The key-only pass after `handle`'s process exited: observe, plan and act on that unit alone.
+
+        It starts from the last pass's desired state and leaves everything else
+        to the whole pass that follows. Dependencies are read, never acted on.
+        """
+        async with self._pass_lock:
+            name = handle.unit
+            rec = self.records.get(name)
+            desired = self._desired
+            if self.stopping or desired is None or rec is None or rec.handle is not handle or name in self._busy:
+                return  # a pass got there first, or there is nothing to go on
+            spec = desired.specs.get(name)
+            if spec is None:
+                return
+            observed = await self.drivers.observe([handle])
+            now = self.clock()
+            records, events = absorb_observations({name: rec}, observed, now)
+            dependencies = {dep: self.records[dep] for dep in spec.depends_on if dep in self.records}
+            one = attrs.evolve(desired, specs={name: spec})
+            decided = plan(one, {**dependencies, **records}, now, busy=dependencies)
+            events += transition_events({name: rec}, {name: decided.records[name]}, now)
+            for action in decided.actions:
+                if action.kind != IN_PLACE:
+                    self._launch(action, records[name])
+            await self._persist({**self.records, name: decided.records[name]}, events)
 
     # --- health -------------------------------------------------------------------------------
 
