@@ -121,8 +121,10 @@ def profile_one_shot(scenario: str, n: int, tools: Tools, observer: Observer, sy
     observer.wait_execs(args, 0, timeout=120)
     out = OUT / f"{scenario}-{n}.txt"
     command = ["--once"] if scenario == "once" else ["status", "--json"]
-    # The console script, as the benchmark runs it (`-m` would import the checkout in the working directory).
-    pyinstrument = [tools.exe("pyinstrument"), "-o", str(out), tools.exe("reconciler"), *command]
+    # The console script, as the benchmark runs it (`-m` would import the checkout in the working
+    # directory); the project is installed, so its frames are shown as pyinstrument's own code would be.
+    shown = ["--show-regex", r".*/(reconciler|reconciler_drivers)/.*"]
+    pyinstrument = [tools.exe("pyinstrument"), *shown, "-o", str(out), tools.exe("reconciler"), *command]
     system.fence.enter()
     try:
         subprocess.run(pyinstrument, env=system.env, stdout=subprocess.DEVNULL, check=True)
