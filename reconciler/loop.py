@@ -139,6 +139,7 @@ class Reconciler:
 
                     tg.start_soon(self._handle_signals)
                     tg.start_soon(SpecWatcher(self.settings.specs_dir, self.poke).run)
+                    tg.start_soon(self._check_logs_between_passes)
                     result = await self._serve()
                     if self.settings.stop_on_exit:
                         await self._stop_everything()
@@ -426,6 +427,14 @@ class Reconciler:
         return min(times, default=None)
 
     # --- logs -----------------------------------------------------------------------------------
+
+    async def _check_logs_between_passes(self) -> None:
+        """Rotation checks keep their pace while no pass runs (the resync is minutes apart)."""
+        while True:
+            await anyio.sleep(max(0.0, self._logs_checked_at + LOG_CHECK_INTERVAL - self.clock()))
+            if self.clock() - self._logs_checked_at >= LOG_CHECK_INTERVAL:
+                self._logs_checked_at = self.clock()
+                await self._rotate_logs()
 
     async def _rotate_logs(self) -> None:
         limits = {name: rec.spec.logs for name, rec in self.records.items() if rec.spec is not None}

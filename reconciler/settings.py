@@ -21,7 +21,8 @@ class Settings:
     specs_dir: Path
     state_dir: Path
     driver: str = "auto"
-    resync_interval: float = 30.0
+    # inotify and pidfds are the triggers; the resync only repairs what an event could have missed.
+    resync_interval: float = 300.0
     allow_insecure_specs: bool = False
     events_max_bytes: int = 10 * 1024 * 1024
     events_keep: int = 5
