@@ -5,10 +5,6 @@ writes, and a busy timeout so a CLI process (`reconciler restart`) and the
 daemon can both write. The process is the truth; the ledger only keeps the
 handles to find it again and the history the planner needs.
 
-Reads and writes are plain SQL on a `sqlite3` connection; sqlite-utils, whose
-import costs more than a `--once` with nothing to do spends on the ledger, is
-loaded only to apply a pending schema migration (`ledger_schema`).
-
 All methods are synchronous and serialised by a lock: the loop calls them from
 worker threads, never two at once on one connection.
 """
@@ -20,12 +16,14 @@ import sqlite3
 import threading
 import urllib.parse
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import attrs
 import orjson
 
-from .ledger_schema import MIGRATION_SET, STEPS
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
 from .model import Handle, Health, Spec, SpecProblem, UnitRecord, UnitState, spec_from_dict, spec_to_dict
 
 # Long enough to outlast any one write of the other process (a pass saves
@@ -102,14 +100,19 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
         self._conn = conn
+        self._db: Database | None = None
         if not _readonly:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=wal")
+            from sqlite_utils import Database  # writers only: its import is most of a reader's start-up
+
+            from .ledger_schema import MIGRATIONS
+
+            self._db = Database(conn, execute_plugins=False)
+            self._db.enable_wal()
             # Safe in WAL mode (no corruption on power loss, at worst the last
             # commits are lost) and it spares an fsync per pass.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            if self._migrations_pending():
-                self._migrate()
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            with self._transaction():
+                MIGRATIONS.apply(self._db)
 
     @classmethod
     def open_readonly(cls, path: Path) -> "Ledger | None":
@@ -132,17 +135,17 @@ class Ledger:
         rows = [record_to_row(record, self._specs) for record in records]
         if not rows:
             return
-        with self._transaction() as conn:
-            _upsert(conn, "units", rows, pk="name")
+        with self._transaction() as db:
+            db["units"].upsert_all(rows, pk="name")
 
     def forget(self, names: Iterable[str]) -> None:
         """Drop units and their pending restart requests (a unit re-added later starts clean)."""
         keys = [(name,) for name in names]
         if not keys:
             return
-        with self._transaction() as conn:
-            conn.executemany("DELETE FROM units WHERE name = ?", keys)
-            conn.executemany("DELETE FROM restart_requests WHERE name = ?", keys)
+        with self._transaction() as db:
+            db.conn.executemany("DELETE FROM units WHERE name = ?", keys)
+            db.conn.executemany("DELETE FROM restart_requests WHERE name = ?", keys)
             for (name,) in keys:
                 self._specs.forget(name)
 
@@ -163,17 +166,17 @@ class Ledger:
         gone = [(path,) for path in removed]
         if not rows and not gone:
             return
-        with self._transaction() as conn:
+        with self._transaction() as db:
             if rows:
-                _upsert(conn, "spec_files", rows, pk="path")
-            conn.executemany("DELETE FROM spec_files WHERE path = ?", gone)
+                db["spec_files"].upsert_all(rows, pk="path")
+            db.conn.executemany("DELETE FROM spec_files WHERE path = ?", gone)
 
     # --- restart requests ------------------------------------------------------
 
     def request_restart(self, name: str, token: str, at: float) -> None:
         """Record a restart request; the planner carries it out once (token != record.restart_token)."""
-        with self._transaction() as conn:
-            _upsert(conn, "restart_requests", [{"name": name, "token": token, "requested_at": at}], pk="name")
+        with self._transaction() as db:
+            db["restart_requests"].upsert({"name": name, "token": token, "requested_at": at}, pk="name")
 
     def restart_requests(self) -> dict[str, str]:
         return {row["name"]: row["token"] for row in self._select("restart_requests")}
@@ -192,12 +195,12 @@ class Ledger:
         """Record the latest pass and, if given, replace the stored invalid specs with `problems`
         (in the same transaction, so `status` never shows one pass's summary with another's problems)."""
         row = {"id": 1, "started_at": started_at, "finished_at": finished_at, "actions": actions, "errors": errors}
-        with self._transaction() as conn:
-            _upsert(conn, "last_pass", [row], pk="id")
+        with self._transaction() as db:
+            db["last_pass"].upsert(row, pk="id")
             if problems is not None:
-                conn.execute("DELETE FROM spec_problems")
-                rows = [{"path": p.path, "error": p.error} for p in problems]
-                _upsert(conn, "spec_problems", rows, pk="path")
+                db.execute("DELETE FROM spec_problems")
+                rows = ({"path": p.path, "error": p.error} for p in problems)
+                db["spec_problems"].insert_all(rows, pk="path", replace=True)
 
     def problems(self) -> list[SpecProblem]:
         """The invalid spec files as of the latest pass that reported them, sorted by path."""
@@ -231,8 +234,8 @@ class Ledger:
             "started_at": started_at,
             "running": int(running),
         }
-        with self._transaction() as conn:
-            _upsert(conn, "reconciler", [row], pk="id")
+        with self._transaction() as db:
+            db["reconciler"].upsert(row, pk="id")
 
     def reconciler(self) -> dict[str, Any] | None:
         """The daemon as it last described itself; `running` is as of that write, not checked."""
@@ -256,43 +259,23 @@ class Ledger:
 
     # --- plumbing --------------------------------------------------------------
 
-    def _migrations_pending(self) -> bool:
-        """Whether a schema step is missing, read without sqlite-utils (a new ledger has none)."""
-        try:
-            cursor = self._conn.execute(
-                "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", (MIGRATION_SET,)
-            )
-        except sqlite3.OperationalError:  # no migrations table yet
-            return True
-        applied = {name for (name,) in cursor}
-        return any(name not in applied for name, _ in STEPS)
-
-    def _migrate(self) -> None:
-        """Apply the pending steps, under the write lock (another writer may be doing the same)."""
-        from sqlite_utils import Database
-
-        from .ledger_schema import MIGRATIONS
-
-        with self._transaction():
-            MIGRATIONS.apply(Database(self._conn, execute_plugins=False))
-
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[Database]:
         """One write transaction, taking the write lock up front.
 
         BEGIN IMMEDIATE makes a busy peer wait out the busy timeout at the
         start; a deferred BEGIN that reads first could fail mid-way instead.
         """
-        if self.readonly:
+        if self._db is None:
             raise sqlite3.OperationalError("the ledger was opened read-only")
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
+                yield self._db
             except BaseException:
-                self._conn.rollback()
+                self._db.rollback()
                 raise
-            self._conn.commit()
+            self._db.commit()
 
     def _select(self, table: str) -> list[dict[str, Any]]:
         """All rows of a table; none if the table does not exist yet (a read-only
@@ -304,17 +287,3 @@ class Ledger:
             cursor = self._conn.execute(f"SELECT * FROM [{table}]")
             columns = [d[0] for d in cursor.description]
             return [dict(zip(columns, row)) for row in cursor]
-
-
-def _upsert(conn: sqlite3.Connection, table: str, rows: Sequence[dict[str, Any]], pk: str) -> None:
-    """Insert the rows, or update the columns they name where the key exists (all rows name the same columns)."""
-    if not rows:
-        return
-    columns = list(rows[0])
-    updates = ", ".join(f"[{c}] = excluded.[{c}]" for c in columns if c != pk)
-    conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-    sql = (
-        f"INSERT INTO [{table}] ({', '.join(f'[{c}]' for c in columns)}) VALUES ({', '.join('?' * len(columns))}) "
-        f"ON CONFLICT([{pk}]) {conflict}"
-    )
-    conn.executemany(sql, [tuple(row[c] for c in columns) for row in rows])

@@ -1,21 +1,18 @@
-"""The ledger's schema, as named sqlite-utils migrations (applied by writers, when one is pending).
+"""The ledger's schema, as named sqlite-utils migrations (applied by writers only).
 
-The steps are plain functions listed in `STEPS`, so that a writer can see that
-none is pending without importing sqlite-utils; `MIGRATIONS`, the sqlite-utils
-migration set that applies them, is built on first use.
+Kept apart from `ledger.py` so that readers (`reconciler status`) never import
+sqlite-utils: a plain sqlite3 connection is all a read needs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
 
-if TYPE_CHECKING:
-    from sqlite_utils import Database
-    from sqlite_utils.migrations import Migrations
-
-MIGRATION_SET = "reconciler.ledger"
+MIGRATIONS = Migrations("reconciler.ledger")
 
 
+@MIGRATIONS(name="0001_initial")
 def _initial_schema(db: Database) -> None:
     # Spelled out rather than derived from UnitRecord: a migration is frozen in time.
     db["units"].create(
@@ -62,38 +59,14 @@ def _initial_schema(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0002_spec_problems")
 def _spec_problems(db: Database) -> None:
     # The invalid spec files of the latest pass, for `status` (`invalid_specs`).
     db["spec_problems"].create({"path": str, "error": str}, pk="path")
 
 
+@MIGRATIONS(name="0003_spec_files")
 def _spec_files(db: Database) -> None:
     # The stat key of each spec file with the content hash of the spec parsed from it,
     # so a new process (`--once`, a restarted daemon) need not parse unchanged files.
     db["spec_files"].create({"path": str, "stat_key": str, "content_hash": str}, pk="path")
-
-
-# In the order they apply. A released step is frozen in time: add steps, never edit one.
-STEPS: tuple[tuple[str, Callable[[Database], None]], ...] = (
-    ("0001_initial", _initial_schema),
-    ("0002_spec_problems", _spec_problems),
-    ("0003_spec_files", _spec_files),
-)
-
-
-def migrations() -> Migrations:
-    """The steps as a sqlite-utils migration set (this imports sqlite-utils)."""
-    from sqlite_utils.migrations import Migrations
-
-    migration_set = Migrations(MIGRATION_SET)
-    for name, step in STEPS:
-        migration_set(name=name)(step)
-    return migration_set
-
-
-def __getattr__(name: str) -> Migrations:
-    """`MIGRATIONS`, built when first asked for."""
-    if name != "MIGRATIONS":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    built = globals()["MIGRATIONS"] = migrations()
-    return built

@@ -164,9 +164,9 @@ def test_forget_drops_pending_restart_requests(ledger: Ledger):
 def test_a_thousand_records_are_saved_in_one_transaction(ledger: Ledger):
     records = [attrs.evolve(full_record(f"unit-{i}"), pid=i) for i in range(1000)]
     statements: list[str] = []
-    ledger._conn.set_trace_callback(statements.append)
+    ledger._db.conn.set_trace_callback(statements.append)
     ledger.save(records)
-    ledger._conn.set_trace_callback(None)
+    ledger._db.conn.set_trace_callback(None)
     verbs = [s.split()[0].upper() for s in statements]
     assert verbs.count("BEGIN") == 1
     assert verbs.count("COMMIT") == 1
@@ -222,35 +222,6 @@ def test_opening_an_older_ledger_applies_the_missing_migrations(ledger_path: Pat
         assert upgraded.units() == {"web": full_record()}
         upgraded.record_pass(1.0, 2.0, 0, 1, problems=[SpecProblem("/s/x.toml", "bad")])
         assert upgraded.problems() == [SpecProblem("/s/x.toml", "bad")]
-
-
-WRITER_IMPORTS = """
-import sys
-from pathlib import Path
-from reconciler.ledger import Ledger
-with Ledger(Path(sys.argv[1])) as ledger:
-    ledger.record_pass(1.0, 2.0, 0, 0, problems=[])
-print("sqlite_utils" in sys.modules)
-"""
-
-
-def test_a_writer_imports_sqlite_utils_only_to_migrate(ledger_path: Path):
-    """Its import costs more than the ledger work of a `--once` with nothing to do."""
-    for expected in ("True", "False"):  # creating the schema, then a ledger that is up to date
-        out = subprocess.run([sys.executable, "-c", WRITER_IMPORTS, str(ledger_path)], capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.strip() == expected
-    with Ledger(ledger_path) as ledger:
-        assert ledger.last_pass() == {"started_at": 1.0, "finished_at": 2.0, "actions": 0, "errors": 0}
-
-
-def test_upserts_update_rows_in_place(ledger: Ledger):
-    ledger.save([UnitRecord(name="web", restarts=1), UnitRecord(name="db")])
-    ledger.save([UnitRecord(name="web", restarts=2, message="again")])
-    assert ledger.units() == {"web": UnitRecord(name="web", restarts=2, message="again"), "db": UnitRecord(name="db")}
-    ledger.save_spec_files({"/s/a.toml": ((1, 2), "h1"), "/s/b.toml": ((3,), "h2")}, [])
-    ledger.save_spec_files({"/s/a.toml": ((1, 5), "h3")}, ["/s/b.toml"])
-    assert ledger.spec_files() == {"/s/a.toml": ((1, 5), "h3")}
 
 
 def test_reconciler_info_round_trips(ledger: Ledger, tmp_path: Path):
