@@ -11,10 +11,7 @@ core.
 from __future__ import annotations
 
 import abc
-import importlib
-import os
-import re
-import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -85,88 +82,19 @@ class Driver(abc.ABC):
 
 
 def driver_names() -> list[str]:
-    from importlib.metadata import entry_points
-
     return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
 
 
 def load_driver_class(name: str) -> type[Driver]:
     """Find a driver class by its entry-point name."""
-    value = _declared_entry_point(name)
-    if value is None:
-        value = _entry_point_by_importlib(name)
-    if value is None:
-        known = ", ".join(driver_names()) or "none"
-        raise DriverUnavailable(f"driver {name!r} is not installed (installed: {known})")
-    cls = _load(value)
-    if not (isinstance(cls, type) and issubclass(cls, Driver)):
-        raise DriverUnavailable(f"driver {name!r}: entry point {value} is not a Driver")
-    return cls
-
-
-def _declared_entry_point(name: str) -> str | None:
-    """The value ("module:attr") of entry point `name` in our group, read from the metadata
-    directories on sys.path; None if none declares it.
-
-    What importlib.metadata finds for path-based distributions, in its order (path
-    entries in turn, the first distribution of a name wins), without importing it:
-    that import alone is a tenth of a `--once` with nothing to do.
-    """
-    seen: set[str] = set()
-    for entry in sys.path:
-        root = entry or "."
-        try:
-            children = os.listdir(root)
-        except OSError:  # a zip file or a missing directory: left to importlib.metadata
-            continue
-        for child in children:
-            low = child.lower()
-            if not low.endswith((".dist-info", ".egg-info")):
-                continue
-            distribution = re.sub(r"[-_.]+", "_", low.rpartition(".")[0].partition("-")[0])
-            if distribution in seen:
-                continue
-            seen.add(distribution)
-            try:
-                with open(os.path.join(root, child, "entry_points.txt"), encoding="utf-8") as file:
-                    text = file.read()
-            except OSError:
-                continue
-            value = _entry_in(text, ENTRY_POINT_GROUP, name)
-            if value is not None:
-                return value
-    return None
-
-
-def _entry_in(text: str, group: str, name: str) -> str | None:
-    """The value of `name` in section `group` of an entry_points.txt (parsed as importlib.metadata does)."""
-    section = None
-    for line in map(str.strip, text.splitlines()):
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line.strip("[]")
-        elif section == group and "=" in line:
-            key, value = line.split("=", 1)
-            if key.strip() == name:
-                return value.strip()
-    return None
-
-
-def _entry_point_by_importlib(name: str) -> str | None:
-    """The slow, complete lookup (zipped and finder-provided distributions too)."""
-    from importlib.metadata import entry_points
-
-    return next((ep.value for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name), None)
-
-
-def _load(value: str) -> object:
-    """The object an entry point's "module:attr.attr [extras]" value names (as EntryPoint.load)."""
-    module, _, attributes = value.split("[", 1)[0].partition(":")
-    target: object = importlib.import_module(module.strip())
-    for attribute in filter(None, attributes.strip().split(".")):
-        target = getattr(target, attribute)
-    return target
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            cls = ep.load()
+            if not (isinstance(cls, type) and issubclass(cls, Driver)):
+                raise DriverUnavailable(f"driver {name!r}: entry point {ep.value} is not a Driver")
+            return cls
+    known = ", ".join(driver_names()) or "none"
+    raise DriverUnavailable(f"driver {name!r} is not installed (installed: {known})")
 
 
 def resolve_driver(name: str, state_dir: Path) -> Driver:
