@@ -45,7 +45,7 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--once", is_flag=True, help="One full pass, then exit (for cron)."),
             click.option("--stop-on-exit", is_flag=True, help="Stop all units gracefully on SIGTERM/SIGINT."),
             click.option("--allow-insecure-specs", is_flag=True, help="Accept spec files others can write (as root)."),
-            click.option("--resync", type=float, default=None, help="Seconds between full resyncs [30]."),
+            click.option("--resync", type=float, default=None, help="Seconds between full resyncs [300]."),
             click.option("--events-max-bytes", type=int, default=None, help="Rotate the event log above this size [10 MiB]."),
             click.option("--events-keep", type=int, default=None, help="Rotated event logs kept [5]."),
         ]

@@ -11,7 +11,6 @@ core.
 from __future__ import annotations
 
 import abc
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -82,11 +81,15 @@ class Driver(abc.ABC):
 
 
 def driver_names() -> list[str]:
+    from importlib.metadata import entry_points  # imported when a driver is needed: ~35 ms
+
     return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
 
 
 def load_driver_class(name: str) -> type[Driver]:
     """Find a driver class by its entry-point name."""
+    from importlib.metadata import entry_points  # imported when a driver is needed: ~35 ms
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             cls = ep.load()

@@ -341,10 +341,13 @@ def test_orphans_are_reparented_to_the_daemon_and_reaped(rc):
     def orphan_states() -> list[str]:
         states = []
         for pid in _children(daemon.pid):
-            if "reconciler_drivers._keeper" in cmdline(pid):
-                continue  # the daemon's exit keeper
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
+            try:
+                if "reconciler_drivers._keeper" in cmdline(pid):
+                    continue  # the daemon's exit keeper
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue  # reaped meanwhile
             states.append(fields[0].decode())
         return states
 
