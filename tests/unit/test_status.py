@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
+from reconciler_drivers import _linux
 from reconciler.model import ProcessState
 from reconciler.settings import Settings
 from reconciler.status import observe_recorded
@@ -17,6 +17,11 @@ from tests.conftest import wait_until
 # A driver nobody installed: whatever reaches it comes back UNKNOWN, so a RUNNING
 # answer can only come from the check status makes itself.
 ABSENT_DRIVER = "absent-for-this-test"
+
+
+def create_time(pid: int) -> float:
+    """When the process started, in wall-clock seconds, as the kernel counts it."""
+    return _linux.start_time(_linux.read_stat(pid).start_ticks)
 
 
 def handle(unit: str, pid: int | None, started_at: float | None) -> dict:
@@ -36,7 +41,7 @@ def spawn(processes: list, *argv: str) -> subprocess.Popen:
 
 def test_a_live_process_that_started_when_recorded_is_running(settings, processes):
     proc = spawn(processes, "sleep", "60")
-    started_at = psutil.Process(proc.pid).create_time()
+    started_at = create_time(proc.pid)
     observed = observe_recorded(settings, [handle("web", proc.pid, started_at)])
     assert observed["web"].state is ProcessState.RUNNING
     assert observed["web"].pid == proc.pid and observed["web"].started_at == started_at
@@ -45,7 +50,7 @@ def test_a_live_process_that_started_when_recorded_is_running(settings, processe
 def test_another_start_time_on_the_same_pid_is_left_to_the_driver(settings, processes):
     """A recycled pid: the process runs, but it is not the one recorded."""
     proc = spawn(processes, "sleep", "60")
-    started_at = psutil.Process(proc.pid).create_time() - 5.0
+    started_at = create_time(proc.pid) - 5.0
     observed = observe_recorded(settings, [handle("web", proc.pid, started_at)])
     assert observed["web"].state is ProcessState.UNKNOWN
     assert "not installed" in observed["web"].message
@@ -53,16 +58,16 @@ def test_another_start_time_on_the_same_pid_is_left_to_the_driver(settings, proc
 
 def test_a_zombie_is_never_running(settings, processes):
     proc = spawn(processes, "true")
-    started_at = psutil.Process(proc.pid).create_time()
+    started_at = create_time(proc.pid)
     # Not waited for: it stays a zombie (its start time still matches) until the fixture reaps it.
-    wait_until(lambda: psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE, what="a zombie")
+    wait_until(lambda: _linux.read_stat(proc.pid).zombie, what="a zombie")
     observed = observe_recorded(settings, [handle("web", proc.pid, started_at)])
     assert observed["web"].state is ProcessState.UNKNOWN
 
 
 def test_a_reaped_process_and_a_handle_without_pid_are_left_to_the_driver(settings, processes):
     proc = spawn(processes, "true")
-    started_at = psutil.Process(proc.pid).create_time()
+    started_at = create_time(proc.pid)
     proc.wait(timeout=10)
     observed = observe_recorded(settings, [handle("gone", proc.pid, started_at), handle("never", None, None)])
     assert {unit: obs.state for unit, obs in observed.items()} == {
@@ -85,7 +90,7 @@ def test_status_of_live_processes_starts_no_event_loop_and_loads_no_driver(tmp_p
     from reconciler.model import Handle, UnitRecord, UnitState
 
     proc = spawn(processes, "sleep", "60")
-    started_at = psutil.Process(proc.pid).create_time()
+    started_at = create_time(proc.pid)
     state = tmp_path / "state"
     with Ledger(state / "ledger.db") as ledger:
         recorded = Handle(driver="posix", unit="web", spec_hash="x", pid=proc.pid, started_at=started_at)
