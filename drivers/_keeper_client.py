@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 
-from . import _keeper, _linux, _posix_spawn
+from . import _keeper, _linux, _posix_spawn, _spawn
 
 
 class KeeperClient:
     """The driver's side: starts the keeper when first needed, and again if it died."""
 
-    def __init__(self, log_path: str) -> None:
+    def __init__(self, log_path: Path) -> None:
         self._log_path = log_path
         self._channel: socket.socket | None = None
         self._pidfd: int | None = None
@@ -34,8 +35,7 @@ class KeeperClient:
         self.close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # Its own log: it outlives the daemon, so it must not hold the daemon's stdout or stderr open.
-        os.makedirs(os.path.dirname(self._log_path), exist_ok=True)
-        log = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        log = _spawn.open_log(self._log_path)
         try:
             pid = _posix_spawn.spawn(
                 os.fsencode(sys.executable),
@@ -50,10 +50,8 @@ class KeeperClient:
             theirs.close()
             os.close(log)
         self._channel = ours
-        self._pidfd = os.pidfd_open(pid)
-        stat = _linux.read_stat(pid)
-        assert stat is not None, "a child we have not reaped always has a /proc entry"
-        self.identity = (pid, stat.start_ticks)
+        self._pidfd, start_ticks = _spawn.pin_child(pid)
+        self.identity = (pid, start_ticks)
 
     def close(self) -> None:
         """Let go of the keeper: it goes on watching, and exits when all it watches has ended."""

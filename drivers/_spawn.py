@@ -79,14 +79,10 @@ def check_cwd(spec: Spec) -> None:
         raise DriverError(f"cwd: no such directory: {spec.cwd}", transient=False)
 
 
-def check_command(spec: Spec, env: dict[bytes, bytes]) -> None:
-    """argv[0] must resolve as the unit's shell will resolve it: on its PATH, or relative to its cwd."""
-    find_program(spec, env)
-
-
 def find_program(spec: Spec, env: dict[bytes, bytes]) -> str:
-    """The path exec is given for argv[0]: as written if it has a slash (exec resolves it in the
-    unit's cwd), else the first match on the unit's own PATH. Raises a permanent DriverError."""
+    """The path exec is given for argv[0], resolved as the unit's shell would: as written if it has
+    a slash (exec resolves it in the unit's cwd), else the first match on the unit's own PATH.
+    Raises a permanent DriverError when there is none."""
     if not spec.command or not spec.command[0]:
         raise DriverError("command: empty", transient=False)
     program = spec.command[0]
@@ -214,12 +210,12 @@ def spawn_shim(launch: Launch, argv: tuple[str, ...], env: dict[bytes, bytes], i
     finally:
         for fd in fds:
             os.close(fd)
-    pidfd, start_ticks = _pin_child(pid)
+    pidfd, start_ticks = pin_child(pid)
     os.set_blocking(read_fd, False)
     return Spawned(pid=pid, start_ticks=start_ticks, pidfd=pidfd, report_fd=read_fd, argv=argv)
 
 
-def _pin_child(pid: int) -> tuple[int, int]:
+def pin_child(pid: int) -> tuple[int, int]:
     """A pidfd on a child just spawned, and its start ticks.
 
     Our unreaped child: nothing can reap it before this runs (no await since the spawn).
@@ -275,7 +271,7 @@ def spawn_direct(launch: Launch, env: dict[bytes, bytes]) -> Direct:
     finally:
         for fd in fds:
             os.close(fd)
-    pidfd, start_ticks = _pin_child(pid)
+    pidfd, start_ticks = pin_child(pid)
     return Direct(pid=pid, start_ticks=start_ticks, pidfd=pidfd)
 
 

@@ -6,7 +6,9 @@ kernel keeps its exit status for our pidfd (PIDFD_GET_INFO); one exit keeper
 process (_keeper.py) holds a pidfd on every such unit too and writes its exit
 down, so an exit while no daemon runs is still known. Started by `--once`,
 which exits at once, a small sh shim (shim.sh) leads the session instead and
-runs the command as its foreground child. The driver knows a unit's process by pid + start ticks
+runs the command as its foreground child.
+
+The driver knows a unit's process by pid + start ticks
 + boot id and holds a verified pidfd on it, so a recycled pid is never signalled
 and never reported running. Exit facts come, most exact first, from the kernel
 (PIDFD_GET_INFO after the shim reaped the child; /proc/PID/stat of a zombie),
@@ -24,7 +26,7 @@ import time
 import weakref
 from pathlib import Path
 from signal import SIGKILL, pidfd_send_signal
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import anyio
 import attrs
@@ -55,7 +57,7 @@ class Identity:
     pid: int
     start_ticks: int
     boot_id: str
-    shim_pid: int | None  # None: started directly, no shim and no status file
+    shim_pid: int | None  # None: started directly (the exit keeper writes its record)
     shim_start_ticks: int | None
     pgid: int
     status_file: str | None
@@ -242,7 +244,7 @@ class PosixDriver(Driver):
         # When this driver first saw a process's pidfd readable (its exit time if no record says better).
         self._exit_seen: dict[tuple[int, int], float] = {}
         # Units started directly that the exit keeper watches for us (handed over again if it is restarted).
-        self._keeper = KeeperClient(str(self.state_dir / "run" / "keeper.log"))
+        self._keeper = KeeperClient(self.state_dir / "run" / "keeper.log")
         self._kept: dict[tuple[int, int], Identity] = {}
 
     @classmethod
@@ -337,7 +339,7 @@ class PosixDriver(Driver):
             self._exit_seen.setdefault(ident.key, time.time())
             observation = await self._exit_observation(ident, anyio.current_time() + SHIM_RECORD_WAIT)
             if observation.exit_code in EXEC_FAILED:
-                _spawn.check_command(spec, env)
+                _spawn.find_program(spec, env)
                 raise DriverError(
                     f"{spec.command[0]}: could not be executed (exit status {observation.exit_code}; "
                     f"see {launch.stderr_path})"
@@ -355,7 +357,7 @@ class PosixDriver(Driver):
         report = await _read_report(shim.report_fd)
         if report is None:
             _spawn.check_cwd(launch.spec)
-            _spawn.check_command(launch.spec, env)
+            _spawn.find_program(launch.spec, env)
             raise DriverError(f"the shim exited before starting the command (see {launch.stderr_path})")
         pid, start_ticks = report
         ident = Identity(
@@ -534,9 +536,10 @@ class PosixDriver(Driver):
         event loop) has reaped it, and written down by the exit keeper.
         """
         if ident.shim_key is None:
-            await _reaped(ident, deadline)
+            await _poll_until(lambda: not _unreaped(ident), deadline, longest=0.02)
             if self._exit_sources(ident) == (None, None) and _keeper_alive(ident):
-                await _recorded(ident, min(deadline, anyio.current_time() + KEEPER_RECORD_WAIT))
+                keeper_deadline = min(deadline, anyio.current_time() + KEEPER_RECORD_WAIT)
+                await _poll_until(lambda: read_shim_record(ident) is not None, keeper_deadline, longest=0.05)
             return
         pidfd = self._shim_pidfd(ident)
         if pidfd is None:
@@ -603,16 +606,16 @@ def _unreaped(ident: Identity) -> bool:
     return stat is not None and stat.start_ticks == ident.start_ticks and stat.zombie
 
 
-async def _reaped(ident: Identity, deadline: float) -> None:
-    """Wait until the process is no longer an unreaped zombie, or until `deadline`.
+async def _poll_until(done: Callable[[], bool], deadline: float, longest: float) -> None:
+    """Return once `done()` or at `deadline`, looking at short, growing intervals.
 
-    Reaping has no event of its own; the reaper normally collects our children
-    within a turn of the event loop, so short, growing sleeps are enough.
+    For what has no event of its own: a reaping (the reaper collects our
+    children within a turn of the event loop), a record appearing in a file.
     """
     delay = 0.0005
-    while _unreaped(ident) and anyio.current_time() < deadline:
+    while not done() and anyio.current_time() < deadline:
         await anyio.sleep(min(delay, max(0.0, deadline - anyio.current_time())))
-        delay = min(delay * 2, 0.02)
+        delay = min(delay * 2, longest)
 
 
 def _keeper_alive(ident: Identity) -> bool:
@@ -620,14 +623,6 @@ def _keeper_alive(ident: Identity) -> bool:
         return False
     stat = _linux.read_stat(ident.keeper_pid)
     return stat is not None and stat.start_ticks == ident.keeper_start_ticks and not stat.zombie
-
-
-async def _recorded(ident: Identity, deadline: float) -> None:
-    """Wait until a record of this start appears (the exit keeper's), or until `deadline`."""
-    delay = 0.0005
-    while read_shim_record(ident) is None and anyio.current_time() < deadline:
-        await anyio.sleep(min(delay, max(0.0, deadline - anyio.current_time())))
-        delay = min(delay * 2, 0.05)
 
 
 async def _exec_seen(pidfd: int, pid: int, shim_cmdline: bytes) -> bool:

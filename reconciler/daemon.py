@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -27,19 +28,6 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _without_result(reconciler: Reconciler, *, once: bool):
-    """The loop as a main task that returns None.
-
-    Python 3.11's asyncio runner formats the main task's result on the way out;
-    a PassResult with a thousand records costs tens of milliseconds to format.
-    """
-
-    async def main() -> None:
-        await reconciler.run(once=once)
-
-    return main
-
-
 def run_daemon(settings: Settings) -> int:
     """Reconcile until SIGTERM/SIGINT. Raises LockHeld if another reconciler owns the state."""
     ensure_state_dir(settings.state_dir)
@@ -50,7 +38,7 @@ def run_daemon(settings: Settings) -> int:
         become_subreaper()
         raise_fd_limit()
         log.warning("watching %s, state in %s (pid %d)", settings.specs_dir, settings.state_dir, os.getpid())
-        anyio.run(_without_result(Reconciler(settings), once=False))
+        anyio.run(functools.partial(Reconciler(settings).run, once=False))
     finally:
         lock.release()
     return EXIT_OK
@@ -72,7 +60,7 @@ def run_once(settings: Settings) -> int:
     try:
         raise_fd_limit()
         reconciler = Reconciler(settings)
-        anyio.run(_without_result(reconciler, once=True))
+        anyio.run(functools.partial(reconciler.run, once=True))
     finally:
         lock.release()
     return EXIT_OK if reconciler.converged() else EXIT_UNSETTLED

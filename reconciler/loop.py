@@ -59,13 +59,15 @@ ONCE_MAX_PASSES = 20
 # time: a thousand starts finishing one by one must not cost a thousand full passes.
 BURST_PACING = 4.0
 MAX_PACING = 0.05  # seconds: pacing never delays a pass by more than this
-# Unit log files are checked for rotation at most this often (a stat per file).
+# A daemon checks unit log files for rotation this often (one scan of the logs directory).
 LOG_CHECK_INTERVAL = 30.0
 
 
 @attrs.frozen
 class PassResult:
-    plan: Plan
+    # Not in the repr: asyncio formats the main task's result on exit, and a plan of 1000 records
+    # takes ~30 ms to format.
+    plan: Plan = attrs.field(repr=False)
     started_at: float
     finished_at: float
     problems: tuple[SpecProblem, ...]
@@ -92,7 +94,6 @@ class Reconciler:
         self._adopting = {name for name, rec in self.records.items() if rec.handle is not None}
         self._spec_files = self.ledger.spec_files()
         self._seed_reader()
-        self._logs_checked_at = 0.0
         self._busy: dict[str, Action] = {}
         self._outcomes: list[Outcome] = []
         self._probes: dict[str, tuple[bool, float, int | None]] = {}  # name -> (ok, at, pid)
@@ -139,7 +140,7 @@ class Reconciler:
 
                     tg.start_soon(self._handle_signals)
                     tg.start_soon(SpecWatcher(self.settings.specs_dir, self.poke).run)
-                    tg.start_soon(self._check_logs_between_passes)
+                    tg.start_soon(self._check_logs_periodically)
                     result = await self._serve()
                     if self.settings.stop_on_exit:
                         await self._stop_everything()
@@ -165,6 +166,7 @@ class Reconciler:
 
     async def _converge_once(self) -> PassResult:
         result = await self.run_pass()
+        await self._rotate_logs()  # once per cron pass
         for _ in range(ONCE_MAX_PASSES):
             if not result.plan.actions and not self._busy:
                 break
@@ -227,9 +229,6 @@ class Reconciler:
         if not self.once:
             self._watch_exits()
             self._schedule_probes(now)
-        if now - self._logs_checked_at >= LOG_CHECK_INTERVAL:
-            self._logs_checked_at = now
-            await self._rotate_logs()
         self.last_pass = result
         return result
 
@@ -428,13 +427,11 @@ class Reconciler:
 
     # --- logs -----------------------------------------------------------------------------------
 
-    async def _check_logs_between_passes(self) -> None:
-        """Rotation checks keep their pace while no pass runs (the resync is minutes apart)."""
+    async def _check_logs_periodically(self) -> None:
+        """A daemon checks unit logs on a timer of their own: passes can be minutes apart."""
         while True:
-            await anyio.sleep(max(0.0, self._logs_checked_at + LOG_CHECK_INTERVAL - self.clock()))
-            if self.clock() - self._logs_checked_at >= LOG_CHECK_INTERVAL:
-                self._logs_checked_at = self.clock()
-                await self._rotate_logs()
+            await self._rotate_logs()
+            await anyio.sleep(LOG_CHECK_INTERVAL)
 
     async def _rotate_logs(self) -> None:
         limits = {name: rec.spec.logs for name, rec in self.records.items() if rec.spec is not None}
