@@ -64,6 +64,8 @@ def summarise(raw: Path, top: int = 25) -> str:
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not stack.strip() or not count.isdigit():
+            continue  # py-spy writes a bare count for samples it could not unwind
         frames = [f.rsplit(":", 1)[0] for f in stack.split(";")]  # drop line numbers
         n = int(count)
         total += n

@@ -20,12 +20,18 @@ class UnitGroup:
     competes with another waiter in the event loop.
     """
 
-    def __init__(self, pgid: int, main_pid: int, main: int | None, shim: int | None) -> None:
-        """`main` and `shim` are verified pidfds (or None when that process is gone); they are duplicated."""
+    def __init__(self, pgid: int, main_pid: int, main: int | None, shim: int | None, *, main_leads: bool = False) -> None:
+        """`main` and `shim` are verified pidfds (or None when that process is gone); they are duplicated.
+
+        `main_leads`: the main process called setsid, so `pgid` is its pid. A
+        session leader cannot move to another group, so while it runs the
+        group is provably its own and a signal to the group reaches it.
+        """
         self.pgid = pgid
         self._main_pid = main_pid
         self._main = None if main is None else os.dup(main)
         self._shim = None if shim is None else os.dup(shim)
+        self._main_leads = main_leads and pgid == main_pid
         self._ours: bool | None = None
 
     def close(self) -> None:
@@ -61,17 +67,20 @@ class UnitGroup:
     def _main_in_group(self) -> bool:
         if self._main is None:
             return False
+        if self._main_leads:
+            return not _linux.exited([self._main])
         stat = _linux.read_stat(self._main_pid)
         # Checked after the read: alive then, so the stat read was the main process's own.
         return stat is not None and stat.pgid == self.pgid and not _linux.exited([self._main])
 
-    async def terminate(self, sig: int, timeout: float) -> None:
-        """Signal the group, wait for it to end, then SIGKILL whatever is left.
+    async def terminate(self, sig: int, timeout: float, *, signalled: bool = False) -> None:
+        """Signal the group (unless `signalled`: sent already), wait for it to end, then SIGKILL whatever is left.
 
         The signal goes first: with a thousand units stopping at once, each is
         ended sooner when nothing delays its signal.
         """
-        self.send(sig)
+        if not signalled:
+            self.send(sig)
         with anyio.move_on_after(timeout):
             await self.gone()
             return
@@ -82,6 +91,8 @@ class UnitGroup:
     def send(self, sig: int) -> None:
         """`sig` to the group while it is ours, and to the main process by pidfd (it may have left the group).
 
+        A main process that leads the group gets it once, through the group.
+
         A stopped process cannot act on a signal: SIGCONT follows, as systemd does.
         """
         to_group = self.ours()
@@ -91,7 +102,7 @@ class UnitGroup:
                     os.killpg(self.pgid, signum)
                 except ProcessLookupError:
                     pass
-            if self._main is not None:
+            if self._main is not None and not (to_group and self._main_leads):
                 try:
                     pidfd_send_signal(self._main, signum)
                 except ProcessLookupError:

@@ -553,20 +553,39 @@ class PosixDriver(Driver):
 
     # --- stop and signal -------------------------------------------------------
 
-    async def stop(self, handle: Handle, signal: int, timeout: float) -> Observation:
+    async def stop(self, handle: Handle, signal: int, timeout: float, *, signalled: bool = False) -> Observation:
         ident = self._known.get(handle).ident
-        if ident is not None and self._settled(ident) is None:
-            main = self._pidfds.get(ident.key)
-            group = UnitGroup(ident.pgid, ident.pid, main, self._shim_pidfd(ident))
+        group = self._group(ident)
+        if ident is not None and group is not None:
             try:
                 # Nothing to end once neither the main process nor the shim runs.
                 if group.alive():
-                    await group.terminate(signal, timeout)
+                    await group.terminate(signal, timeout, signalled=signalled)
                 if group.main_exited():
                     self._exit_seen.setdefault(ident.key, time.time())
             finally:
                 group.close()
         return (await self.observe([handle]))[handle.unit]
+
+    def begin_stop(self, handle: Handle, signal: int) -> bool:
+        group = self._group(self._known.get(handle).ident)
+        if group is None:
+            return False
+        try:
+            if not group.alive():
+                return False
+            group.send(signal)
+            return True
+        finally:
+            group.close()
+
+    def _group(self, ident: Identity | None) -> UnitGroup | None:
+        """The unit's process group, pinned by its live pidfds; None once the unit is known to be gone."""
+        if ident is None or self._settled(ident) is not None:
+            return None
+        # A direct start leads its own session: it can never leave its group (see UnitGroup).
+        leads = ident.shim_pid is None and ident.pgid == ident.pid
+        return UnitGroup(ident.pgid, ident.pid, self._pidfds.get(ident.key), self._shim_pidfd(ident), main_leads=leads)
 
     def signal(self, handle: Handle, signal: int) -> bool:
         ident = self._known.get(handle).ident

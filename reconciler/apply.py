@@ -23,12 +23,14 @@ async def carry_out(
     clock: Callable[[], float] = time.time,
     *,
     resident: bool = False,
+    signalled: bool = False,
 ) -> Outcome:
     """Stop, start or restart (stop then start) one unit; never raises for expected failures.
 
     `handle` is the running process to stop and `stop` the settings it was
     started with (a restart stops the old process by the old rules).
     `resident`: a daemon that stays up to watch the unit is starting it (see Launch).
+    `signalled`: the stop signal was already sent (Driver.begin_stop).
     """
     stopped = None
     if action.kind in (STOP, RESTART):
@@ -36,7 +38,7 @@ async def carry_out(
             stopped = Observation(ProcessState.GONE)
         else:
             try:
-                stopped = await drivers.get(handle.driver).stop(handle, stop.signal, stop.timeout)
+                stopped = await drivers.get(handle.driver).stop(handle, stop.signal, stop.timeout, signalled=signalled)
             except (DriverError, DriverUnavailable) as exc:
                 return Outcome(action, clock(), error=f"stop failed: {exc}")
         if action.kind == STOP:

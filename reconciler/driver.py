@@ -55,11 +55,21 @@ class Driver(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def stop(self, handle: Handle, signal: int, timeout: float) -> Observation:
+    async def stop(self, handle: Handle, signal: int, timeout: float, *, signalled: bool = False) -> Observation:
         """Send `signal` to the unit's whole process tree, wait up to `timeout`, then kill.
 
+        With `signalled`, `begin_stop` has already sent `signal`: it is not sent twice.
         Returns the observation after the stop (normally EXITED). Success if already gone.
         """
+
+    def begin_stop(self, handle: Handle, signal: int) -> bool:
+        """Send the stop `signal` to the unit's whole process tree now, and do not wait.
+
+        A shutdown calls this for every unit before it awaits any stop, so the
+        last unit is signalled as soon as the first. True if the signal went
+        out; False (the default) leaves sending it to `stop`.
+        """
+        return False
 
     @abc.abstractmethod
     async def observe(self, handles: Iterable[Handle]) -> Mapping[str, Observation]:

@@ -31,6 +31,7 @@ import attrs
 from . import __version__
 from .apply import carry_out
 from .driver import DriverSet
+from .errors import DriverError, DriverUnavailable
 from .eventlog import EventLog
 from .health import next_health, next_probe_at, probe, probe_due
 from .ledger import Ledger
@@ -300,20 +301,25 @@ class Reconciler:
 
     # --- actions ----------------------------------------------------------------------------
 
-    def _launch(self, action: Action, before: UnitRecord | None) -> None:
+    def _launch(self, action: Action, before: UnitRecord | None, *, signalled: bool = False) -> None:
         handle = before.handle if before is not None else None
-        old_spec = before.spec if before is not None and before.spec is not None else action.spec
-        stop = old_spec.stop if old_spec is not None else StopSettings()
         self._busy[action.unit] = action
-        self._task_group.start_soon(self._carry_out, action, handle, stop)
+        self._task_group.start_soon(self._carry_out, action, handle, _stop_settings(action, before), signalled)
 
-    async def _carry_out(self, action: Action, handle: Any, stop: StopSettings) -> None:
+    async def _carry_out(self, action: Action, handle: Any, stop: StopSettings, signalled: bool) -> None:
         # Starts are bounded (each forks); stops are signals and waits, and all run at once.
         limiter = self._limiter if action.kind != STOP else contextlib.nullcontext()
         try:
             async with limiter:
                 outcome = await carry_out(
-                    action, handle, stop, self.drivers, self.settings.state_dir, self.clock, resident=not self.once
+                    action,
+                    handle,
+                    stop,
+                    self.drivers,
+                    self.settings.state_dir,
+                    self.clock,
+                    resident=not self.once,
+                    signalled=signalled,
                 )
         finally:
             self._busy.pop(action.unit, None)
@@ -321,12 +327,29 @@ class Reconciler:
         self.poke()
 
     async def _stop_everything(self) -> None:
-        """--stop-on-exit: stop every unit gracefully, each by its own stop settings."""
+        """--stop-on-exit: stop every unit gracefully, each by its own stop settings.
+
+        Every unit gets its stop signal in one sweep before any stop is awaited,
+        as init systems do at shutdown: the last unit is not kept waiting while
+        the bookkeeping of the others runs.
+        """
         await self._drain()
-        for name, rec in self.records.items():
-            if rec.handle is not None:
-                self._launch(Action(STOP, name, "reconciler exiting", spec=rec.spec), rec)
+        stops = [
+            (Action(STOP, name, "reconciler exiting", spec=rec.spec), rec)
+            for name, rec in self.records.items()
+            if rec.handle is not None
+        ]
+        sent = [self._begin_stop(action, rec) for action, rec in stops]
+        for (action, rec), signalled in zip(stops, sent):
+            self._launch(action, rec, signalled=signalled)
         await self._drain()
+
+    def _begin_stop(self, action: Action, rec: UnitRecord) -> bool:
+        assert rec.handle is not None
+        try:
+            return self.drivers.get(rec.handle.driver).begin_stop(rec.handle, _stop_settings(action, rec).signal)
+        except (DriverError, DriverUnavailable):
+            return False  # the stop action tries again, and reports
 
     # --- exit detection -------------------------------------------------------------------
 
@@ -473,3 +496,9 @@ class Reconciler:
             return False
         unsettled = (UnitState.FAILED, UnitState.BACKOFF, UnitState.UNKNOWN, UnitState.STARTING, UnitState.STOPPING)
         return not any(rec.state in unsettled for rec in self.records.values())
+
+
+def _stop_settings(action: Action, before: UnitRecord | None) -> StopSettings:
+    """How to stop a unit: by the rules of the spec it was started with."""
+    old_spec = before.spec if before is not None and before.spec is not None else action.spec
+    return old_spec.stop if old_spec is not None else StopSettings()

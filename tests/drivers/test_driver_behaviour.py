@@ -121,6 +121,30 @@ async def test_stop_ends_a_well_behaved_unit_with_its_stop_signal(harness):
     assert not harness.alive(handle.pid)
 
 
+@pytest.mark.parametrize("begun", [False, True], ids=["stop", "begin_stop then stop"])
+async def test_the_stop_signal_is_sent_once(harness, begun):
+    # Each SIGTERM is counted and survived, so a second delivery would show, and SIGKILL ends it.
+    script = (
+        "import signal, time; signal.signal(signal.SIGTERM, lambda *_: open('terms', 'a').write('TERM\\n'));"
+        " open('ready', 'w').close()\nwhile True: time.sleep(1000)"
+    )
+    handle = await harness.start([PY, "-c", script])
+    await harness.wait_until((harness.work / "ready").exists, what="the unit to count SIGTERMs")
+
+    sent = harness.driver.begin_stop(handle, signal.SIGTERM) if begun else False
+    observed = await harness.driver.stop(handle, signal.SIGTERM, 0.5, signalled=sent)
+
+    assert observed.exit_signal == signal.SIGKILL
+    assert (harness.work / "terms").read_text() == "TERM\n"
+
+
+async def test_begin_stop_of_a_stopped_unit_sends_nothing(harness):
+    handle = await harness.start(["sleep", "1000"])
+    await harness.driver.stop(handle, signal.SIGTERM, 10.0)
+
+    assert harness.driver.begin_stop(handle, signal.SIGTERM) is False
+
+
 async def test_stop_escalates_to_sigkill_when_the_signal_is_ignored(harness):
     script = (
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import json
 import signal
 import stat
 import sys
@@ -254,14 +255,19 @@ def test_sigterm_leaves_units_running_and_sighup_forces_a_pass(rc):
 def test_stop_on_exit_stops_everything(rc):
     rc.spec("a.toml", sleeper("6101"))
     rc.spec("b.toml", 'command = ["sh", "-c", "trap \\"\\" TERM; sleep 6102 & wait"]\n[stop]\ntimeout = "300ms"\n')
+    caught = rc.specs.parent / "c.caught"
+    handler = f'trap "echo USR1 >> {caught}; exit 0" USR1; sleep 6103 & wait'
+    rc.spec("c.toml", f'command = ["sh", "-c", {json.dumps(handler)}]\n[stop]\nsignal = "SIGUSR1"\n')
     daemon = rc.start_daemon("--stop-on-exit")
     a = rc.wait_unit("a", state="running")
     b = rc.wait_unit("b", state="running")
+    c = rc.wait_unit("c", state="running")
     grandchild = wait_until(lambda: _children(b["pid"]), what="b's sleep")[0]
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=15) == 0
-    for pid in (a["pid"], b["pid"], grandchild):
+    for pid in (a["pid"], b["pid"], grandchild, c["pid"]):
         assert not proc_alive(pid)
+    assert caught.read_text() == "USR1\n"  # each unit's own stop signal, sent once
 
 
 # 7. restart requests ------------------------------------------------------------------------------------
