@@ -20,6 +20,7 @@ import attrs
 from reconciler.driver import Launch
 from reconciler.errors import DriverError
 from reconciler.model import Spec
+from reconciler.reaper import spawning
 
 from . import _linux, _posix_spawn
 from ._keeper import RECORDS_KEPT
@@ -218,7 +219,8 @@ def spawn_shim(launch: Launch, argv: tuple[str, ...], env: dict[bytes, bytes], i
 def pin_child(pid: int) -> tuple[int, int]:
     """A pidfd on a child just spawned, and its start ticks.
 
-    Our unreaped child: nothing can reap it before this runs (no await since the spawn).
+    Our unreaped child: nothing can reap it before this runs (no await since the
+    spawn, or, from a worker thread, inside `spawning()`).
     """
     pidfd = os.pidfd_open(pid)
     stat = _linux.read_stat(pid)
@@ -244,26 +246,30 @@ def direct_available() -> bool:
     return _posix_spawn.available() and _linux.pidfd_info_supported()
 
 
-def spawn_direct(launch: Launch, env: dict[bytes, bytes]) -> Direct:
+def spawn_direct(launch: Launch) -> Direct:
     """posix_spawn the unit's command itself in a new session; it has exec'd when this returns.
 
     The command is the session and group leader. A missing command or cwd is a
     permanent DriverError; an exec that fails otherwise is a transient one.
+    Safe in a worker thread: no reap comes between the spawn and its pidfd.
     """
     spec = launch.spec
+    env = unit_environment(spec)
     program = find_program(spec, env)
     fds = []
     try:
         fds.append(_above_stdio(open_log(launch.stdout_path)))
         fds.append(_above_stdio(open_log(launch.stderr_path)))
-        pid = _posix_spawn.spawn(
-            os.fsencode(program),
-            [os.fsencode(arg) for arg in spec.command],
-            [key + b"=" + value for key, value in env.items()],
-            cwd=os.fsencode(spec.cwd),
-            stdout=fds[0],
-            stderr=fds[1],
-        )
+        with spawning():
+            pid = _posix_spawn.spawn(
+                os.fsencode(program),
+                [os.fsencode(arg) for arg in spec.command],
+                [key + b"=" + value for key, value in env.items()],
+                cwd=os.fsencode(spec.cwd),
+                stdout=fds[0],
+                stderr=fds[1],
+            )
+            pidfd, start_ticks = pin_child(pid)
     except OSError as exc:
         check_cwd(spec)
         # As under the shim: the file may be fixed without the spec changing, so it is retried.
@@ -271,7 +277,6 @@ def spawn_direct(launch: Launch, env: dict[bytes, bytes]) -> Direct:
     finally:
         for fd in fds:
             os.close(fd)
-    pidfd, start_ticks = pin_child(pid)
     return Direct(pid=pid, start_ticks=start_ticks, pidfd=pidfd)
 
 

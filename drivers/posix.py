@@ -45,6 +45,7 @@ SHIM_RECORD_WAIT = 2.0  # per observe/stop call: how long to wait for exiting sh
 KEEPER_RECORD_WAIT = 0.5  # how long the exit keeper may take to write down an exit it saw
 EXIT_MEMORY = 4096  # exit facts of this many dead processes are kept, so answers stay exact
 EXEC_FAILED = (126, 127)  # how sh reports that `exec` failed
+SPAWN_THREADS = 4  # direct starts spawned at once: a spawn mostly waits for its child to exec
 
 REBOOTED = "the machine rebooted since the unit started; its exit was not recorded"
 UNRECORDED = "exited while unobserved; no status was recorded"
@@ -246,6 +247,7 @@ class PosixDriver(Driver):
         # Units started directly that the exit keeper watches for us (handed over again if it is restarted).
         self._keeper = KeeperClient(self.state_dir / "run" / "keeper.log")
         self._kept: dict[tuple[int, int], Identity] = {}
+        self._spawn_threads: anyio.CapacityLimiter | None = None  # made in the event loop, when first needed
 
     @classmethod
     def available(cls) -> str | None:
@@ -259,12 +261,13 @@ class PosixDriver(Driver):
 
     async def start(self, launch: Launch) -> Handle:
         spec = launch.spec
-        env = _spawn.unit_environment(spec)
         ids = _spawn.resolve_ids(spec)
         if launch.resident and ids is None and _spawn.direct_available():
-            ident = self._start_direct(launch, env)
+            # Spawned from a few threads: each spawn waits for its child's exec, and these waits overlap.
+            child = await anyio.to_thread.run_sync(_spawn.spawn_direct, launch, limiter=self._spawners())
+            ident = self._start_direct(launch, child)
         else:
-            ident = await self._start_under_shim(launch, env, ids)
+            ident = await self._start_under_shim(launch, _spawn.unit_environment(spec), ids)
         return Handle(
             driver=self.name,
             unit=spec.name,
@@ -274,9 +277,13 @@ class PosixDriver(Driver):
             data=attrs.asdict(ident),
         )
 
-    def _start_direct(self, launch: Launch, env: dict[bytes, bytes]) -> Identity:
-        """The command as our own child: one spawn, confirmed exec'd when it returns."""
-        child = _spawn.spawn_direct(launch, env)
+    def _spawners(self) -> anyio.CapacityLimiter:
+        if self._spawn_threads is None:
+            self._spawn_threads = anyio.CapacityLimiter(SPAWN_THREADS)
+        return self._spawn_threads
+
+    def _start_direct(self, launch: Launch, child: _spawn.Direct) -> Identity:
+        """The command as our own child, spawned and exec'd: its pidfd kept, the exit keeper told."""
         self._pidfds.put((child.pid, child.start_ticks), child.pidfd)
         keeper_pid, keeper_ticks = self._ensure_keeper()
         ident = Identity(
