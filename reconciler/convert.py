@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 import attrs
 import cattrs
-import yaml
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
@@ -583,14 +582,27 @@ def parse_document(data: bytes, fmt: str) -> Any:
             return tomllib.loads(text)
         if fmt == "JSON":
             return json.loads(text, object_pairs_hook=_unique_json_keys, parse_constant=_reject_json_constant)
-        return yaml.load(text, Loader=_StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        raise _SyntaxProblem(_yaml_message(exc)) from None
-    except (ValueError, yaml.YAMLError) as exc:  # includes TOMLDecodeError, JSONDecodeError
-        message = re.sub(r'\s+in "<unicode string>",', " at", str(exc))
-        raise _SyntaxProblem(" ".join(message.split())) from None
+        return _parse_yaml(text)
+    except ValueError as exc:  # TOMLDecodeError, JSONDecodeError
+        raise _SyntaxProblem(_one_line(exc)) from None
     except RecursionError:
         raise _SyntaxProblem("nested too deeply") from None
+
+
+def _parse_yaml(text: str) -> Any:
+    import yaml  # only YAML specs pay for its import (~30 ms)
+
+    try:
+        return yaml.load(text, Loader=_strict_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        raise _SyntaxProblem(_yaml_message(exc)) from None
+    except yaml.YAMLError as exc:
+        raise _SyntaxProblem(_one_line(exc)) from None
+
+
+def _one_line(exc: Exception) -> str:
+    message = re.sub(r'\s+in "<unicode string>",', " at", str(exc))
+    return " ".join(message.split())
 
 
 def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -606,22 +618,27 @@ def _reject_json_constant(name: str) -> None:
     raise _SyntaxProblem(f"{name} is not a JSON number")
 
 
-def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
+def _yaml_message(exc: Any) -> str:
     problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
     mark = exc.problem_mark or exc.context_mark
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
 
 
-class _StrictYamlLoader(yaml.SafeLoader):
+@functools.cache
+def _strict_yaml_loader() -> type:
     """SafeLoader that refuses duplicate keys: a repeated key must not silently win."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = set()
-        for key_node, _value in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                if key_node.value in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {quote(key_node.value)}", key_node.start_mark
-                    )
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
+    class StrictYamlLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen = set()
+            for key_node, _value in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    if key_node.value in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {quote(key_node.value)}", key_node.start_mark
+                        )
+                    seen.add(key_node.value)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictYamlLoader
