@@ -59,7 +59,7 @@ ONCE_MAX_PASSES = 20
 # While actions are in flight, passes are spaced so they take at most a fifth of the
 # time: a thousand starts finishing one by one must not cost a thousand full passes.
 BURST_PACING = 4.0
-MAX_PACING = 0.05  # seconds: pacing never delays a pass by more than this
+MAX_PACING = 0.25  # seconds: pacing never delays a pass by more than this (exits have key-only passes)
 # A daemon checks unit log files for rotation this often (one scan of the logs directory).
 LOG_CHECK_INTERVAL = 30.0
 
