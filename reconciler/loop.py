@@ -6,10 +6,11 @@ events, process exits, finished actions, backoff deadlines, SIGHUP, the
 periodic resync) carry no payload: they only poke the loop, and pokes that
 arrive during a pass collapse into one follow-up pass.
 
-One shortcut keeps restarts fast: when a unit's process exits, that one unit
-is observed and planned at once from the desired state of the last pass, and
-restarted if the planner says so (a key-only pass, as controller-runtime's
-per-object requests). The whole pass follows as for any other wake-up.
+Two shortcuts keep reactions fast (key-only passes, as controller-runtime's
+per-object requests): when a unit's process exits, that one unit is observed
+and planned at once from the desired state of the last pass, and restarted if
+the planner says so; when spec files change, the units they hold are read and
+planned alone. The whole pass follows as for any other wake-up.
 
 Actions run as tasks beside the loop, bounded by a limiter, so one slow stop
 never holds up the other units; a unit with an action in flight is "busy" and
@@ -46,11 +47,11 @@ from .memory import (
     spec_index,
     transition_events,
 )
-from .model import Desired, ProcessState, SpecProblem, StopSettings, UnitRecord, UnitState
+from .model import Desired, ProcessState, Spec, SpecProblem, StopSettings, UnitRecord, UnitState
 from .plan import IN_PLACE, STOP, Action, Plan, effective_desired, plan
 from .reaper import Reaper
 from .settings import Settings
-from .specs import SpecReader
+from .specs import SpecReader, is_spec_name
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ ONCE_MAX_PASSES = 20
 # time: a thousand starts finishing one by one must not cost a thousand full passes.
 BURST_PACING = 4.0
 MAX_PACING = 0.25  # seconds: pacing never delays a pass by more than this (exits have key-only passes)
+# How long a change to files that are never specs waits for its pass (see _specs_changed).
+LATE_POKE = 0.05
 # A daemon checks unit log files for rotation this often (one scan of the logs directory).
 LOG_CHECK_INTERVAL = 30.0
 
@@ -103,6 +106,7 @@ class Reconciler:
         self._wakeup = anyio.Event()
         self._pass_lock = anyio.Lock()  # a pass and a key-only pass never interleave
         self._desired: Desired | None = None  # what the last pass read, for key-only passes
+        self._late_poke = False
         self._limiter = anyio.CapacityLimiter(settings.concurrency)
         self._task_group: Any = None
         self.stopping = False
@@ -140,7 +144,7 @@ class Reconciler:
                     from .watch import SpecWatcher  # watchdog's start-up is not needed by --once
 
                     tg.start_soon(self._handle_signals)
-                    tg.start_soon(SpecWatcher(self.settings.specs_dir, self.poke).run)
+                    tg.start_soon(SpecWatcher(self.settings.specs_dir, self._specs_changed).run)
                     tg.start_soon(self._check_logs_periodically)
                     result = await self._serve()
                     if self.settings.stop_on_exit:
@@ -381,11 +385,7 @@ class Reconciler:
         self.poke()
 
     async def _pass_one(self, handle: Any) -> None:
-        """The key-only pass after `handle`'s process exited: observe, plan and act on that unit alone.
-
-        It starts from the last pass's desired state and leaves everything else
-        to the whole pass that follows. Dependencies are read, never acted on.
-        """
+        """The key-only pass after `handle`'s process exited: observe, plan and act on that unit alone."""
         async with self._pass_lock:
             name = handle.unit
             rec = self.records.get(name)
@@ -398,14 +398,80 @@ class Reconciler:
             observed = await self.drivers.observe([handle])
             now = self.clock()
             records, events = absorb_observations({name: rec}, observed, now)
-            dependencies = {dep: self.records[dep] for dep in spec.depends_on if dep in self.records}
-            one = attrs.evolve(desired, specs={name: spec})
-            decided = plan(one, {**dependencies, **records}, now, busy=dependencies)
-            events += transition_events({name: rec}, {name: decided.records[name]}, now)
-            for action in decided.actions:
-                if action.kind != IN_PLACE:
-                    self._launch(action, records[name])
-            await self._persist({**self.records, name: decided.records[name]}, events)
+            await self._act_alone(attrs.evolve(desired, specs={name: spec}), {name: rec}, records, now, events)
+
+    async def _specs_changed(self, paths: set[str]) -> None:
+        if paths and not any(is_spec_name(os.path.basename(p)) for p in paths):
+            # Only names that are never specs (a file being staged, an editor's swap file). A spec
+            # may still point at one, so a pass follows, a moment later: the rename that usually
+            # comes next is then taken alone, at once, rather than by a pass already reading.
+            if not self._late_poke:
+                self._late_poke = True
+                self._task_group.start_soon(self._poke_later)
+            return
+        await self._pass_files(paths)
+        self.poke()
+
+    async def _poke_later(self) -> None:
+        await anyio.sleep(LATE_POKE)
+        self._late_poke = False
+        self.poke()
+
+    async def _pass_files(self, paths: set[str]) -> None:
+        """The key-only pass after spec files changed: plan and act on the units they now hold, alone.
+
+        A file is taken only if it holds a valid spec whose name no other file
+        claims; removals, problems and renamed units wait for the whole pass.
+        """
+        async with self._pass_lock:
+            desired = self._desired
+            if self.stopping or desired is None:
+                return
+            taken = {
+                spec.name: spec
+                for spec in self._read_changed(paths)
+                if spec.name not in self._busy and not self.reader.claimed_elsewhere(spec)
+            }
+            if not taken:
+                return
+            now = self.clock()
+            one = attrs.evolve(desired, specs=taken, problems=(), complete=False)
+            events = spec_events({n: self._known_specs[n] for n in taken if n in self._known_specs}, {}, one, now)
+            self._known_specs.update(spec_index(one))
+            self._desired = attrs.evolve(desired, specs={**desired.specs, **taken})
+            records = {name: self.records[name] for name in taken if name in self.records}
+            await self._act_alone(one, records, records, now, events)
+
+    def _read_changed(self, paths: set[str]) -> list[Spec]:
+        prefix = self.reader.specs_dir + os.sep
+        wanted = sorted(p for p in map(os.path.abspath, paths) if p.startswith(prefix) and is_spec_name(os.path.basename(p)))
+        return [outcome for outcome in map(self.reader.read_file, wanted) if isinstance(outcome, Spec)]
+
+    async def _act_alone(
+        self,
+        one: Desired,
+        before: dict[str, UnitRecord],
+        records: dict[str, UnitRecord],
+        now: float,
+        events: list[Event],
+    ) -> None:
+        """Plan and act on the units of `one` alone, from the last pass's memory of everything else.
+
+        Their dependencies are read, never acted on; the whole pass that follows does the rest.
+        """
+        dependencies = {
+            dep: self.records[dep]
+            for spec in one.specs.values()
+            for dep in spec.depends_on
+            if dep in self.records and dep not in one.specs
+        }
+        decided = plan(one, {**dependencies, **records}, now, busy=dependencies)
+        mine = {name: decided.records[name] for name in one.specs if name in decided.records}
+        events += transition_events(before, mine, now)
+        for action in decided.actions:
+            if action.kind != IN_PLACE:
+                self._launch(action, records.get(action.unit))
+        await self._persist({**self.records, **mine}, events)
 
     # --- health -------------------------------------------------------------------------------
 

@@ -87,6 +87,13 @@ class SpecReader:
         """path -> (stat key, spec) of every file that currently parses to a valid spec."""
         return {path: (c.key, c.outcome) for path, c in self._cache.items() if isinstance(c.outcome, Spec)}
 
+    def claimed_elsewhere(self, spec: Spec) -> bool:
+        """Whether a file other than `spec`'s held a spec of the same name when last read."""
+        return any(
+            isinstance(c.outcome, Spec) and c.outcome.name == spec.name and path != spec.path
+            for path, c in self._cache.items()
+        )
+
     def read(self) -> Desired:
         outcomes, scan = self._collect()
         return _assemble(outcomes.values(), scan.problems, scan.complete)

@@ -1,15 +1,17 @@
-"""Spec directory events (watchdog) turned into pokes of the loop.
+"""Spec directory events (watchdog) turned into calls into the loop.
 
-Events carry no payload into the loop: any change anywhere under the specs
-directory just asks for a pass, which re-reads everything (cheaply: unchanged
-files are not parsed again).
+Each call names the paths the events were about, so that a new or changed
+file can be acted on at once; the loop still follows with a whole pass, which
+re-reads everything (cheaply: unchanged files are not parsed again). The paths
+are a hint, never the truth: a missed or merged event changes nothing.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 import anyio
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -17,14 +19,25 @@ from watchdog.observers import Observer
 
 
 class _Poker(FileSystemEventHandler):
-    """Runs in watchdog's thread: writes one byte to a pipe the loop waits on."""
+    """Runs in watchdog's thread: notes the paths and writes one byte to a pipe the loop waits on."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self._lock = threading.Lock()
+        self._paths: set[str] = set()
+
+    def take(self) -> set[str]:
+        """The paths named since the last call."""
+        with self._lock:
+            paths, self._paths = self._paths, set()
+        return paths
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return  # reads (ours included) change nothing
+        if not event.is_directory:
+            with self._lock:
+                self._paths.update(os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p)
         try:
             os.write(self.fd, b"!")
         except BlockingIOError:
@@ -34,9 +47,10 @@ class _Poker(FileSystemEventHandler):
 class SpecWatcher:
     """Watch `specs_dir` recursively; if it does not exist yet, watch the nearest parent until it does."""
 
-    def __init__(self, specs_dir: Path, poke: Callable[[], None]) -> None:
+    def __init__(self, specs_dir: Path, on_change: Callable[[set[str]], Awaitable[None]]) -> None:
+        """`on_change` is awaited with the paths of the files that changed (maybe none: a directory)."""
         self.specs_dir = specs_dir
-        self.poke = poke
+        self.on_change = on_change
 
     async def run(self) -> None:
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -58,7 +72,7 @@ class SpecWatcher:
                         pass
                 except BlockingIOError:
                     pass
-                self.poke()
+                await self.on_change(handler.take())
         finally:
             observer.stop()
             await anyio.to_thread.run_sync(observer.join, abandon_on_cancel=True)

@@ -147,6 +147,33 @@ def test_duplicate_names_are_invalid(rc):
     assert len(errors) == 2 and all("duplicate unit name" in e for e in errors)
 
 
+def test_a_new_spec_file_is_started_before_the_whole_pass(rc):
+    rc.spec("base.toml", sleeper("4201"))
+    rc.start_daemon()
+    rc.wait_unit("base", state="running")
+    staged = rc.specs.parent / "new.toml"  # written outside, then moved in: one event
+    staged.write_text(sleeper("4202"))
+    os.rename(staged, rc.specs / "new.toml")
+    rc.wait_unit("new", state="running")
+    added = rc.events("spec.added", unit="new")[0]
+    # The key-only pass read that file alone and launched the start: no whole pass since has had to act.
+    wait_until(lambda: [e for e in rc.events("pass.completed") if e["ts"] >= added["ts"]], what="a pass after it")
+    assert all(e["actions"] == 0 for e in rc.events("pass.completed") if e["ts"] >= added["ts"])
+    assert len(rc.events("unit.started", unit="new")) == 1
+
+
+def test_a_new_file_claiming_a_running_units_name_starts_nothing(rc):
+    rc.spec("a.toml", 'name = "same"\n' + sleeper("4301"))
+    rc.start_daemon()
+    first = rc.wait_unit("same", state="running")
+    rc.spec("b.toml", 'name = "same"\n' + sleeper("4302"))
+    wait_until(lambda: len(rc.events("spec.invalid")) == 2, what="both files reported as duplicates")
+    # The last good spec stays in force: the same process, and no second one.
+    assert rc.unit("same")["pid"] == first["pid"] and proc_alive(first["pid"])
+    assert len(rc.events("unit.started", unit="same")) == 1
+    assert _count_cmdline(["sleep", "4302"]) == 0
+
+
 # 4. adoption after SIGKILL of the reconciler --------------------------------------------------------
 
 
