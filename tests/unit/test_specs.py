@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import attrs
+import orjson
 import pytest
 import yaml
 
@@ -291,6 +292,13 @@ def test_hashes_stay_what_ledgers_already_hold() -> None:
     assert data["restart"]["policy"] == "on-failure" and data["health"]["on_unhealthy"] == "ignore"
     assert spec.content_hash == "sha256:66d90410b3d7a48bf56b79f6ecea56b2cae0e0d880020ac91166af74a9493e1f"
     assert spec.process_hash == "sha256:badac4a8642bd38a52338a0b3b34ddd1f2297023b6c80bbf3ea86b8c8d34d26a"
+    # A spec loaded from the ledger takes its content hash from the stored form: the same hash.
+    assert spec_from_dict(orjson.loads(orjson.dumps(data))).content_hash == spec.content_hash
+    # A stored form from before a field existed is hashed as the spec it loads as, not as stored.
+    older = orjson.loads(orjson.dumps(data))
+    del older["resources"]["cpu_quota"]
+    loaded = spec_from_dict(older)
+    assert loaded.content_hash == attrs.evolve(loaded).content_hash != spec.content_hash
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import json
 import math
 import re
 
+import orjson
 import yaml
 from hypothesis import HealthCheck as Health
 from hypothesis import given, settings
@@ -50,7 +51,9 @@ def check(data: bytes, name: str) -> None:
         line.encode("utf-8")  # printable on any UTF-8 stream
         return
     assert isinstance(spec, Spec)
-    assert spec_from_dict(spec_to_dict(spec)) == spec
+    loaded = spec_from_dict(orjson.loads(orjson.dumps(spec_to_dict(spec))))  # as the ledger keeps it
+    assert loaded == spec
+    assert loaded.content_hash == spec.content_hash and loaded.process_hash == spec.process_hash
 
 
 # --- random documents -------------------------------------------------------------
