@@ -32,28 +32,36 @@ def log_paths(state_dir: Path, name: str) -> tuple[Path, Path]:
 # --- rotation -------------------------------------------------------------------
 
 
-def oversized(state_dir: Path, limits: dict[str, LogSettings]) -> list[tuple[Path, LogSettings]]:
-    """The live log files larger than their unit's `max_size`, found in one directory scan.
+def oversized(
+    state_dir: Path, limits: dict[str, LogSettings], written: set[str] | None = None
+) -> list[tuple[Path, LogSettings]]:
+    """The live log files larger than their unit's `max_size`.
 
     Cheap enough to run over a thousand units on every check: no Path objects,
-    one stat per file, nothing opened.
+    one stat per file, nothing opened. With `written` (file names), only those
+    are looked at: a file nobody wrote cannot have grown.
     """
+    directory = state_dir / LOGS_DIR
+    if written is None:
+        try:
+            with os.scandir(directory) as entries:
+                names = [entry.name for entry in entries]
+        except FileNotFoundError:
+            return []
+    else:
+        names = sorted(written)
     found = []
-    try:
-        entries = os.scandir(state_dir / LOGS_DIR)
-    except FileNotFoundError:
-        return found
-    with entries:
-        for entry in entries:
-            name, dot, stream = entry.name.rpartition(".")
-            settings = limits.get(name) if dot and stream in ("out", "err") else None
-            if settings is None:
-                continue
-            try:
-                if entry.stat().st_size > settings.max_size:
-                    found.append((Path(entry.path), settings))
-            except FileNotFoundError:
-                continue
+    for name in names:
+        unit, dot, stream = name.rpartition(".")
+        settings = limits.get(unit) if dot and stream in ("out", "err") else None
+        if settings is None:
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if os.stat(path).st_size > settings.max_size:
+                found.append((Path(path), settings))
+        except FileNotFoundError:
+            continue
     return found
 
 

@@ -36,7 +36,7 @@ from .errors import DriverError, DriverUnavailable
 from .eventlog import EventLog
 from .health import next_health, next_probe_at, probe, probe_due
 from .ledger import Ledger
-from .logs import oversized, rotate_if_needed
+from .logs import LOGS_DIR, oversized, rotate_if_needed
 from .memory import (
     Event,
     Outcome,
@@ -52,6 +52,7 @@ from .plan import IN_PLACE, STOP, Action, Plan, effective_desired, plan
 from .reaper import Reaper
 from .settings import Settings
 from .specs import SpecReader, is_spec_name
+from .written import WrittenFiles
 
 log = logging.getLogger(__name__)
 
@@ -517,16 +518,26 @@ class Reconciler:
     # --- logs -----------------------------------------------------------------------------------
 
     async def _check_logs_periodically(self) -> None:
-        """A daemon checks unit logs on a timer of their own: passes can be minutes apart."""
-        while True:
-            await self._rotate_logs()
-            await anyio.sleep(LOG_CHECK_INTERVAL)
+        """A daemon checks unit logs on a timer of their own: passes can be minutes apart.
 
-    async def _rotate_logs(self) -> None:
+        Only the files written since the last check are looked at (when that is known).
+        """
+        written = WrittenFiles(str(self.settings.state_dir / LOGS_DIR))
+        try:
+            while True:
+                await self._rotate_logs(written.take())
+                await anyio.sleep(LOG_CHECK_INTERVAL)
+        finally:
+            written.close()
+
+    async def _rotate_logs(self, written: set[str] | None = None) -> None:
+        """Rotate the oversized logs among `written` (file names), or among all when it is None."""
+        if written is not None and not written:
+            return
         limits = {name: rec.spec.logs for name, rec in self.records.items() if rec.spec is not None}
 
         def rotate() -> None:
-            for path, settings in oversized(self.settings.state_dir, limits):
+            for path, settings in oversized(self.settings.state_dir, limits, written):
                 rotate_if_needed(path, settings)
 
         await anyio.to_thread.run_sync(rotate)

@@ -244,3 +244,6 @@ def test_oversized_finds_only_live_logs_above_their_units_limit(tmp_path):
     (logs / "gone.out").write_bytes(b"x" * 50)  # no such unit
     assert oversized(tmp_path, {"a": small, "b": big}) == [(logs / "a.out", small)]
     assert oversized(tmp_path / "missing", {"a": small}) == []
+    # Told which files were written, it looks at those only (a vanished one is skipped).
+    assert oversized(tmp_path, {"a": small, "b": big}, {"a.err", "b.out", "a.out.1", "vanished.out"}) == []
+    assert oversized(tmp_path, {"a": small}, {"a.out"}) == [(logs / "a.out", small)]
