@@ -3,8 +3,9 @@
 A pass reads the whole desired state, observes the whole actual state, asks
 the pure planner what to do, and launches the actions. Wake-ups (spec file
 events, process exits, finished actions, backoff deadlines, SIGHUP, the
-periodic resync) carry no payload: they only poke the loop, and pokes that
-arrive during a pass collapse into one follow-up pass.
+periodic resync) poke the loop, and pokes that arrive during a pass collapse
+into one follow-up pass; what an exit or a spec event names serves only the
+key-only passes below.
 
 Two shortcuts keep reactions fast (key-only passes, as controller-runtime's
 per-object requests): when a unit's process exits, that one unit is observed
@@ -64,7 +65,7 @@ BURST_PACING = 4.0
 MAX_PACING = 0.25  # seconds: pacing never delays a pass by more than this (exits have key-only passes)
 # How long a change to files that are never specs waits for its pass (see _specs_changed).
 LATE_POKE = 0.05
-# A daemon checks unit log files for rotation this often (one scan of the logs directory).
+# A daemon checks unit log files for rotation this often (those written since the last check).
 LOG_CHECK_INTERVAL = 30.0
 
 
@@ -445,7 +446,9 @@ class Reconciler:
 
     def _read_changed(self, paths: set[str]) -> list[Spec]:
         prefix = self.reader.specs_dir + os.sep
-        wanted = sorted(p for p in map(os.path.abspath, paths) if p.startswith(prefix) and is_spec_name(os.path.basename(p)))
+        wanted = sorted(
+            p for p in map(os.path.abspath, paths) if p.startswith(prefix) and is_spec_name(os.path.basename(p))
+        )
         return [outcome for outcome in map(self.reader.read_file, wanted) if isinstance(outcome, Spec)]
 
     async def _act_alone(

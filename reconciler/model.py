@@ -219,7 +219,13 @@ def _written_by_this_version(data: Mapping[str, Any]) -> bool:
     )
 
 
-_NESTED = {"restart": RestartSettings, "stop": StopSettings, "health": HealthCheck, "logs": LogSettings, "resources": Resources}
+_NESTED = {
+    "restart": RestartSettings,
+    "stop": StopSettings,
+    "health": HealthCheck,
+    "logs": LogSettings,
+    "resources": Resources,
+}
 
 
 @functools.cache
