@@ -20,7 +20,9 @@ class UnitGroup:
     competes with another waiter in the event loop.
     """
 
-    def __init__(self, pgid: int, main_pid: int, main: int | None, shim: int | None, *, main_leads: bool = False) -> None:
+    def __init__(
+        self, pgid: int, main_pid: int, main: int | None, shim: int | None, *, main_leads: bool = False
+    ) -> None:
         """`main` and `shim` are verified pidfds (or None when that process is gone); they are duplicated.
 
         `main_leads`: the main process called setsid, so `pgid` is its pid. A
