@@ -76,13 +76,14 @@ class UnitGroup:
         return stat is not None and stat.pgid == self.pgid and not _linux.exited([self._main])
 
     async def terminate(self, sig: int, timeout: float, *, signalled: bool = False) -> None:
-        """Signal the group (unless `signalled`: sent already), wait for it to end, then SIGKILL whatever is left.
+        """Signal the group, wait for it to end, then SIGKILL whatever is left.
+
+        `signalled`: `sig` was sent already (`send(sig, cont=False)`), and only its SIGCONT follows.
 
         The signal goes first: with a thousand units stopping at once, each is
         ended sooner when nothing delays its signal.
         """
-        if not signalled:
-            self.send(sig)
+        self.send(SIGCONT if signalled else sig)
         with anyio.move_on_after(timeout):
             await self.gone()
             return
@@ -90,15 +91,16 @@ class UnitGroup:
         with anyio.move_on_after(KILL_WAIT):
             await self.gone()
 
-    def send(self, sig: int) -> None:
+    def send(self, sig: int, *, cont: bool = True) -> None:
         """`sig` to the group while it is ours, and to the main process by pidfd (it may have left the group).
 
         A main process that leads the group gets it once, through the group.
 
-        A stopped process cannot act on a signal: SIGCONT follows, as systemd does.
+        A stopped process cannot act on a signal: SIGCONT follows, as systemd does
+        (`cont=False` leaves it to the caller: a shutdown sweep sends it later).
         """
         to_group = self.ours()
-        for signum in (sig, SIGCONT) if sig not in (SIGKILL, SIGCONT) else (sig,):
+        for signum in (sig, SIGCONT) if cont and sig not in (SIGKILL, SIGCONT) else (sig,):
             if to_group:
                 try:
                     os.killpg(self.pgid, signum)

@@ -581,7 +581,7 @@ class PosixDriver(Driver):
         try:
             if not group.alive():
                 return False
-            group.send(signal)
+            group.send(signal, cont=False)  # its SIGCONT follows in stop(): half the sweep's signals
             return True
         finally:
             group.close()

@@ -454,12 +454,14 @@ async def test_a_handle_from_before_a_reboot_is_never_running_nor_signalled(posi
     assert posix.alive(handle.pid)
 
 
-async def test_stop_wakes_a_stopped_process_so_it_can_act_on_the_signal(posix):
+@pytest.mark.parametrize("begun", [False, True], ids=["stop", "begin_stop then stop"])
+async def test_stop_wakes_a_stopped_process_so_it_can_act_on_the_signal(posix, begun):
     handle = await posix.start(["sleep", "1000"])
     os.kill(handle.pid, signal.SIGSTOP)
     await posix.wait_until(lambda: proc_status(handle.pid)["State"].startswith("T"), what="the unit to stop")
 
-    observed = await posix.driver.stop(handle, signal.SIGTERM, 10.0)
+    sent = posix.driver.begin_stop(handle, signal.SIGTERM) if begun else False
+    observed = await posix.driver.stop(handle, signal.SIGTERM, 10.0, signalled=sent)
 
     assert observed.exit_signal == signal.SIGTERM
 
