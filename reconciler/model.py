@@ -206,36 +206,15 @@ def spec_from_dict(data: Mapping[str, Any]) -> Spec:
     `spec_to_dict` gives for the result, so the content hash is taken from it:
     a process loading a thousand records skips a thousand walks of the spec.
     """
-    spec = _spec_from_dict(data)
-    if _written_by_this_version(data):
-        object.__setattr__(spec, "content_hash", _hash(data))  # the cached_property's slot
-    return spec
-
-
-def _written_by_this_version(data: Mapping[str, Any]) -> bool:
-    keys = _field_keys()
-    return data.keys() == keys[Spec] and all(
-        data[name].keys() == keys[cls] for name, cls in _NESTED.items() if data[name] is not None
-    )
-
-
-_NESTED = {
-    "restart": RestartSettings,
-    "stop": StopSettings,
-    "health": HealthCheck,
-    "logs": LogSettings,
-    "resources": Resources,
-}
-
-
-@functools.cache
-def _field_keys() -> dict[type, set[str]]:
-    return {cls: set(_field_names(cls)) for cls in (Spec, *_NESTED.values())}
-
-
-def _spec_from_dict(data: Mapping[str, Any]) -> Spec:
-    health = data.get("health")
-    return Spec(
+    complete = data.keys() == _field_keys()[Spec]
+    nested: dict[str, Any] = {}
+    for name in _NESTED:
+        value = data.get(name)
+        if value is not None:
+            value, whole = _settings_from_dict(name, value)
+            complete = complete and whole
+        nested[name] = value
+    spec = Spec(
         name=data["name"],
         command=tuple(data["command"]),
         cwd=data["cwd"],
@@ -246,21 +225,64 @@ def _spec_from_dict(data: Mapping[str, Any]) -> Spec:
         depends_on=tuple(data.get("depends_on", ())),
         user=data.get("user"),
         group=data.get("group"),
-        restart=RestartSettings(**{**data["restart"], "policy": RestartPolicy(data["restart"]["policy"])}),
-        stop=StopSettings(signal=signal.Signals[data["stop"]["signal"]], timeout=data["stop"]["timeout"]),
-        health=None
-        if health is None
-        else HealthCheck(
-            **{
-                **health,
-                "type": HealthType(health["type"]),
-                "on_unhealthy": OnUnhealthy(health["on_unhealthy"]),
-                "command": None if health.get("command") is None else tuple(health["command"]),
-            }
-        ),
-        logs=LogSettings(**data["logs"]),
-        resources=Resources(**data["resources"]),
+        **nested,
     )
+    if complete:
+        object.__setattr__(spec, "content_hash", _hash(data))  # the cached_property's slot
+    return spec
+
+
+def _restart(data: Mapping[str, Any]) -> RestartSettings:
+    return RestartSettings(**{**data, "policy": RestartPolicy(data["policy"])})
+
+
+def _stop(data: Mapping[str, Any]) -> StopSettings:
+    return StopSettings(signal=signal.Signals[data["signal"]], timeout=data["timeout"])
+
+
+def _health(data: Mapping[str, Any]) -> HealthCheck:
+    command = data.get("command")
+    return HealthCheck(
+        **{
+            **data,
+            "type": HealthType(data["type"]),
+            "on_unhealthy": OnUnhealthy(data["on_unhealthy"]),
+            "command": None if command is None else tuple(command),
+        }
+    )
+
+
+# The settings objects a spec holds, by field: their class and how each is built from its stored form.
+_NESTED: dict[str, tuple[type, Callable[[Mapping[str, Any]], Any]]] = {
+    "restart": (RestartSettings, _restart),
+    "stop": (StopSettings, _stop),
+    "health": (HealthCheck, _health),
+    "logs": (LogSettings, lambda data: LogSettings(**data)),
+    "resources": (Resources, lambda data: Resources(**data)),
+}
+_SETTINGS_MEMO: dict[tuple[str, bytes], tuple[Any, bool]] = {}
+_SETTINGS_MEMO_SIZE = 1024
+
+
+def _settings_from_dict(name: str, data: Mapping[str, Any]) -> tuple[Any, bool]:
+    """A spec's settings object from its stored form, and whether that form had every field.
+
+    Specs share a few distinct settings (most keep the defaults) and the objects
+    are frozen, so equal stored forms (byte for byte) give the same object.
+    """
+    key = (name, orjson.dumps(data))
+    known = _SETTINGS_MEMO.get(key)
+    if known is None:
+        cls, build = _NESTED[name]
+        known = (build(data), data.keys() == _field_keys()[cls])
+        if len(_SETTINGS_MEMO) < _SETTINGS_MEMO_SIZE:
+            _SETTINGS_MEMO[key] = known
+    return known
+
+
+@functools.cache
+def _field_keys() -> dict[type, set[str]]:
+    return {cls: set(_field_names(cls)) for cls in (Spec, *(cls for cls, _ in _NESTED.values()))}
 
 
 @attrs.frozen
