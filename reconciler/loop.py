@@ -525,7 +525,9 @@ class Reconciler:
 
         Only the files written since the last check are looked at (when that is known).
         """
-        written = WrittenFiles(str(self.settings.state_dir / LOGS_DIR))
+        logs = self.settings.state_dir / LOGS_DIR
+        logs.mkdir(parents=True, exist_ok=True)  # watched from the first check, before any unit writes
+        written = WrittenFiles(str(logs))
         try:
             while True:
                 await self._rotate_logs(written.take())
