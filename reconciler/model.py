@@ -210,10 +210,9 @@ def spec_from_dict(data: Mapping[str, Any]) -> Spec:
     nested: dict[str, Any] = {}
     for name in _NESTED:
         value = data.get(name)
-        if value is not None:
-            value, whole = _settings_from_dict(name, value)
+        if value is not None:  # else the default (no health check; settings from an older form)
+            nested[name], whole = _settings_from_dict(name, value)
             complete = complete and whole
-        nested[name] = value
     spec = Spec(
         name=data["name"],
         command=tuple(data["command"]),

@@ -8,7 +8,6 @@ whenever the answer is not certain, every file is looked at as before.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import struct
@@ -23,10 +22,7 @@ _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-p
 
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # the C library this process already runs on
     return libc if hasattr(libc, "inotify_init1") else None
 
 

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from reconciler.reaper import Reaper, spawning
+from tests.drivers.conftest import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -21,12 +22,6 @@ def _zombie(pid: int) -> bool:
         return False
 
 
-async def _until(condition, what: str, deadline: float = 10.0) -> None:
-    with anyio.fail_after(deadline):
-        while not condition():
-            await anyio.sleep(0.005)
-
-
 async def test_a_child_that_exits_during_a_spawn_is_reaped_only_after_it():
     reaper = Reaper()
     async with anyio.create_task_group() as tg:
@@ -34,7 +29,7 @@ async def test_a_child_that_exits_during_a_spawn_is_reaped_only_after_it():
         with spawning():
             pid = os.posix_spawn("/bin/true", ["/bin/true"], {})
             try:
-                await _until(lambda: _zombie(pid), "the child to exit")
+                await wait_until(lambda: _zombie(pid), what="the child to exit")
                 reaper.reap_all()  # as on its SIGCHLD: held off
                 assert _zombie(pid)
             except BaseException:
@@ -42,5 +37,5 @@ async def test_a_child_that_exits_during_a_spawn_is_reaped_only_after_it():
                     os.waitpid(pid, 0)
                 raise
         # The spawn is over: the held-off reap happens without another child exiting.
-        await _until(lambda: not os.path.exists(f"/proc/{pid}"), "the held-off reap")
+        await wait_until(lambda: not os.path.exists(f"/proc/{pid}"), what="the held-off reap")
         tg.cancel_scope.cancel()
