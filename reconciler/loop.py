@@ -392,7 +392,7 @@ class Reconciler:
             name = handle.unit
             rec = self.records.get(name)
             desired = self._desired
-            if self.stopping or desired is None or rec is None or rec.handle is not handle or name in self._busy:
+            if self.stopping or desired is None or rec is None or rec.handle is not handle or self._in_flight(name):
                 return  # a pass got there first, or there is nothing to go on
             spec = desired.specs.get(name)
             if spec is None:
@@ -432,7 +432,7 @@ class Reconciler:
             taken = {
                 spec.name: spec
                 for spec in self._read_changed(paths)
-                if spec.name not in self._busy and not self.reader.claimed_elsewhere(spec)
+                if not self._in_flight(spec.name) and not self.reader.claimed_elsewhere(spec)
             }
             if not taken:
                 return
@@ -443,6 +443,14 @@ class Reconciler:
             self._desired = attrs.evolve(desired, specs={**desired.specs, **taken})
             records = {name: self.records[name] for name in taken if name in self.records}
             await self._act_alone(one, records, records, now, events)
+
+    def _in_flight(self, name: str) -> bool:
+        """An action on the unit is under way, or done but not yet folded into its record.
+
+        Key-only passes leave such a unit to the whole pass: its record may not
+        show yet the process the action started, and acting on it could start a twin.
+        """
+        return name in self._busy or any(outcome.action.unit == name for outcome in self._outcomes)
 
     def _read_changed(self, paths: set[str]) -> list[Spec]:
         prefix = self.reader.specs_dir + os.sep
