@@ -29,6 +29,7 @@ from signal import SIGKILL, pidfd_send_signal
 from typing import Callable, Iterable, Mapping
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from reconciler.driver import Driver, Launch
@@ -248,6 +249,7 @@ class PosixDriver(Driver):
         self._keeper = KeeperClient(self.state_dir / "run" / "keeper.log")
         self._kept: dict[tuple[int, int], Identity] = {}
         self._spawn_threads: anyio.CapacityLimiter | None = None  # made in the event loop, when first needed
+        self._starting = 0  # direct starts under way
 
     @classmethod
     def available(cls) -> str | None:
@@ -263,9 +265,7 @@ class PosixDriver(Driver):
         spec = launch.spec
         ids = _spawn.resolve_ids(spec)
         if launch.resident and ids is None and _spawn.direct_available():
-            # Spawned from a few threads: each spawn waits for its child's exec, and these waits overlap.
-            child = await anyio.to_thread.run_sync(_spawn.spawn_direct, launch, limiter=self._spawners())
-            ident = self._start_direct(launch, child)
+            ident = self._start_direct(launch, await self._spawn(launch))
         else:
             ident = await self._start_under_shim(launch, _spawn.unit_environment(spec), ids)
         return Handle(
@@ -277,10 +277,23 @@ class PosixDriver(Driver):
             data=attrs.asdict(ident),
         )
 
-    def _spawners(self) -> anyio.CapacityLimiter:
-        if self._spawn_threads is None:
-            self._spawn_threads = anyio.CapacityLimiter(SPAWN_THREADS)
-        return self._spawn_threads
+    async def _spawn(self, launch: Launch) -> _spawn.Direct:
+        """Spawn a direct start: at once if it is alone, else from one of a few threads.
+
+        A spawn mostly waits for its child to exec: in a burst of starts these waits
+        overlap in threads, while a lone start (a restart) is spared the hand-off.
+        Starts launched together all reach the checkpoint before any goes past it.
+        """
+        self._starting += 1
+        try:
+            await anyio.lowlevel.checkpoint()
+            if self._starting == 1:
+                return _spawn.spawn_direct(launch)
+            if self._spawn_threads is None:
+                self._spawn_threads = anyio.CapacityLimiter(SPAWN_THREADS)
+            return await anyio.to_thread.run_sync(_spawn.spawn_direct, launch, limiter=self._spawn_threads)
+        finally:
+            self._starting -= 1
 
     def _start_direct(self, launch: Launch, child: _spawn.Direct) -> Identity:
         """The command as our own child, spawned and exec'd: its pidfd kept, the exit keeper told."""
