@@ -102,6 +102,7 @@ class Reconciler:
         self._seed_reader()
         self._busy: dict[str, Action] = {}
         self._outcomes: list[Outcome] = []
+        self._unwritten: list[Event] = []  # events of key-only passes, written by the next persist
         self._probes: dict[str, tuple[bool, float, int | None]] = {}  # name -> (ok, at, pid)
         self._probing: set[str] = set()
         self._watched: dict[str, tuple[int | None, anyio.CancelScope]] = {}
@@ -186,7 +187,7 @@ class Reconciler:
         while self._busy:
             await self._sleep(None)
         async with self._pass_lock:
-            if self._outcomes:
+            if self._outcomes or self._unwritten:
                 records, events = self._fold_outcomes(self.records)
                 await self._persist(records, events)
 
@@ -281,7 +282,8 @@ class Reconciler:
     async def _persist(
         self, records: dict[str, UnitRecord], events: list[Event], last_pass: PassResult | None = None
     ) -> None:
-        """Write what changed: only the ledger and the event log hold state."""
+        """Write what changed (key-only passes included): only the ledger and the event log hold state."""
+        events, self._unwritten = self._unwritten + events, []
         saved = self._saved
         changed = [r for n, r in records.items() if saved.get(n) is not r and saved.get(n) != r]
         gone = [n for n in self._saved if n not in records]
@@ -400,7 +402,7 @@ class Reconciler:
             observed = await self.drivers.observe([handle])
             now = self.clock()
             records, events = absorb_observations({name: rec}, observed, now)
-            await self._act_alone(attrs.evolve(desired, specs={name: spec}), {name: rec}, records, now, events)
+            self._act_alone(attrs.evolve(desired, specs={name: spec}), {name: rec}, records, now, events)
 
     async def _specs_changed(self, paths: set[str]) -> None:
         if paths and not any(is_spec_name(os.path.basename(p)) for p in paths):
@@ -442,7 +444,7 @@ class Reconciler:
             self._known_specs.update(spec_index(one))
             self._desired = attrs.evolve(desired, specs={**desired.specs, **taken})
             records = {name: self.records[name] for name in taken if name in self.records}
-            await self._act_alone(one, records, records, now, events)
+            self._act_alone(one, records, records, now, events)
 
     def _in_flight(self, name: str) -> bool:
         """An action on the unit is under way, or done but not yet folded into its record.
@@ -459,7 +461,7 @@ class Reconciler:
         )
         return [outcome for outcome in map(self.reader.read_file, wanted) if isinstance(outcome, Spec)]
 
-    async def _act_alone(
+    def _act_alone(
         self,
         one: Desired,
         before: dict[str, UnitRecord],
@@ -469,7 +471,10 @@ class Reconciler:
     ) -> None:
         """Plan and act on the units of `one` alone, from the last pass's memory of everything else.
 
-        Their dependencies are read, never acted on; the whole pass that follows does the rest.
+        Their dependencies are read, never acted on; the whole pass that follows does the rest,
+        writing included: a write here would hold up the start just launched (the writing
+        thread holds the GIL), and it could not record the new process anyway, which is known
+        only once the start's outcome is folded in.
         """
         dependencies = {
             dep: self.records[dep]
@@ -483,7 +488,8 @@ class Reconciler:
         for action in decided.actions:
             if action.kind != IN_PLACE:
                 self._launch(action, records.get(action.unit))
-        await self._persist({**self.records, **mine}, events)
+        self.records = {**self.records, **mine}
+        self._unwritten += events
 
     # --- health -------------------------------------------------------------------------------
 
