@@ -17,10 +17,9 @@ from pathlib import Path
 
 import attrs
 
-from reconciler.driver import Launch
+from reconciler.driver import Launch, spawning
 from reconciler.errors import DriverError
 from reconciler.model import Spec
-from reconciler.reaper import spawning
 
 from . import _linux, _posix_spawn
 from ._keeper import RECORDS_KEPT

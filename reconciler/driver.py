@@ -11,8 +11,12 @@ core.
 from __future__ import annotations
 
 import abc
+import contextlib
+import os
+import threading
 from pathlib import Path
-from typing import Iterable, Mapping
+from signal import SIGCHLD
+from typing import Iterable, Iterator, Mapping
 
 import attrs
 
@@ -20,6 +24,52 @@ from .errors import DriverUnavailable
 from .model import Handle, Observation, Spec
 
 ENTRY_POINT_GROUP = "reconciler.drivers"
+
+
+class _Spawns:
+    """Spawns under way in worker threads, which `waitpid(-1)` must not race.
+
+    A child that exits at once could be reaped before the thread that spawned
+    it has opened a pidfd on it, and its exit status would be lost. So the
+    reaper holds off while any such spawn is under way, and the last spawn to
+    finish raises SIGCHLD again for the reap it held off.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._under_way = 0
+        self._held_off = False
+
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[None]:
+        with self._lock:
+            self._under_way += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._under_way -= 1
+                wake = self._held_off and self._under_way == 0
+                if wake:
+                    self._held_off = False
+            if wake:
+                os.kill(os.getpid(), SIGCHLD)
+
+    @contextlib.contextmanager
+    def reaping(self) -> Iterator[bool]:
+        """True if reaping may go ahead now (no spawn starts until it is done)."""
+        with self._lock:
+            if self._under_way:
+                self._held_off = True
+            yield not self._under_way
+
+
+SPAWNS = _Spawns()  # the one reaper consults it (reaper.py)
+
+
+def spawning() -> contextlib.AbstractContextManager[None]:
+    """Wrap a spawn and the opening of its pidfd (in any thread): no reap comes between them."""
+    return SPAWNS.spawning()
 
 
 @attrs.frozen

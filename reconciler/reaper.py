@@ -3,20 +3,20 @@
 One owner for `waitpid(-1)`: nothing else in the reconciler waits on children
 (no `subprocess`, no asyncio child watcher), so no exit status is stolen.
 Short-lived helper commands (exec health checks) go through `run_command`.
-Drivers that spawn from worker threads wrap each spawn in `spawning()`.
+Drivers that spawn from worker threads wrap each spawn in `driver.spawning()`,
+which this reaper honours.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
 import sys
-import threading
-from typing import Iterator
 
 import anyio
+
+from .driver import SPAWNS
 
 PR_SET_CHILD_SUBREAPER = 36
 # `sh -c SCRIPT sh DIR ARGV...`: cd into DIR, then exec ARGV there (same pid, same group).
@@ -43,52 +43,6 @@ def quiet_signal_wakeups() -> None:
         signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
 
 
-class _Spawns:
-    """Spawns under way in worker threads, which `waitpid(-1)` must not race.
-
-    A child that exits at once could be reaped before the thread that spawned
-    it has opened a pidfd on it, and its exit status would be lost. So the
-    reaper holds off while any such spawn is under way, and the last spawn to
-    finish raises SIGCHLD again for the reap it held off.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._under_way = 0
-        self._held_off = False
-
-    @contextlib.contextmanager
-    def spawning(self) -> Iterator[None]:
-        with self._lock:
-            self._under_way += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._under_way -= 1
-                wake = self._held_off and self._under_way == 0
-                if wake:
-                    self._held_off = False
-            if wake:
-                os.kill(os.getpid(), signal.SIGCHLD)
-
-    @contextlib.contextmanager
-    def reaping(self) -> Iterator[bool]:
-        """True if reaping may go ahead now (no spawn starts until it is done)."""
-        with self._lock:
-            if self._under_way:
-                self._held_off = True
-            yield not self._under_way
-
-
-_SPAWNS = _Spawns()
-
-
-def spawning() -> contextlib.AbstractContextManager[None]:
-    """Wrap a spawn and the opening of its pidfd (in any thread): no reap comes between them."""
-    return _SPAWNS.spawning()
-
-
 class Reaper:
     """Collects exit statuses on SIGCHLD; hands them to whoever awaits that pid."""
 
@@ -105,7 +59,7 @@ class Reaper:
                 self.reap_all()
 
     def reap_all(self) -> None:
-        with _SPAWNS.reaping() as may_reap:
+        with SPAWNS.reaping() as may_reap:
             if may_reap:
                 self._reap_all()
 

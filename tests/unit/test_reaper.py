@@ -8,7 +8,8 @@ import os
 import anyio
 import pytest
 
-from reconciler.reaper import Reaper, spawning
+from reconciler.driver import spawning
+from reconciler.reaper import Reaper
 from tests.drivers.conftest import wait_until
 
 pytestmark = pytest.mark.anyio
