@@ -224,7 +224,8 @@ class Reconciler:
         events += more
         records = self._fold_probes(records, now)
 
-        decided = plan(desired, records, now, busy=self._busy)
+        # An action that finished while the drivers observed is folded in by the next pass.
+        decided = plan(desired, records, now, busy=self._in_flight())
         events += transition_events(self.records, decided.records, now)
         for action in decided.actions:
             if action.kind != IN_PLACE:
@@ -394,7 +395,7 @@ class Reconciler:
             name = handle.unit
             rec = self.records.get(name)
             desired = self._desired
-            if self.stopping or desired is None or rec is None or rec.handle is not handle or self._in_flight(name):
+            if self.stopping or desired is None or rec is None or rec.handle is not handle or name in self._in_flight():
                 return  # a pass got there first, or there is nothing to go on
             spec = desired.specs.get(name)
             if spec is None:
@@ -431,10 +432,11 @@ class Reconciler:
             desired = self._desired
             if self.stopping or desired is None:
                 return
+            in_flight = self._in_flight()
             taken = {
                 spec.name: spec
                 for spec in self._read_changed(paths)
-                if not self._in_flight(spec.name) and not self.reader.claimed_elsewhere(spec)
+                if spec.name not in in_flight and not self.reader.claimed_elsewhere(spec)
             }
             if not taken:
                 return
@@ -446,13 +448,13 @@ class Reconciler:
             records = {name: self.records[name] for name in taken if name in self.records}
             self._act_alone(one, records, records, now, events)
 
-    def _in_flight(self, name: str) -> bool:
-        """An action on the unit is under way, or done but not yet folded into its record.
+    def _in_flight(self) -> set[str]:
+        """Units with an action under way, or done but not yet folded into their records.
 
-        Key-only passes leave such a unit to the whole pass: its record may not
-        show yet the process the action started, and acting on it could start a twin.
+        Every pass leaves them alone: a record may not show yet the process its
+        unit's action started, and acting on it could start a twin.
         """
-        return name in self._busy or any(outcome.action.unit == name for outcome in self._outcomes)
+        return {*self._busy, *(outcome.action.unit for outcome in self._outcomes)}
 
     def _read_changed(self, paths: set[str]) -> list[Spec]:
         prefix = self.reader.specs_dir + os.sep
