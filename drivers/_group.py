@@ -92,25 +92,36 @@ class UnitGroup:
             await self.gone()
 
     def send(self, sig: int, *, cont: bool = True) -> None:
-        """`sig` to the group while it is ours, and to the main process by pidfd (it may have left the group).
+        """`sig` to the group while it is ours, and to the main process by pidfd if it left the group.
 
-        A main process that leads the group gets it once, through the group.
+        The main process gets it once: a second SIGTERM or SIGINT can mean "hurry"
+        to a program that is already shutting down. Should the main process leave
+        the group between the check and the signal, it misses this one; the SIGKILL
+        that ends a stop goes to it by pidfd as well.
 
         A stopped process cannot act on a signal: SIGCONT follows, as systemd does
         (`cont=False` leaves it to the caller: a shutdown sweep sends it later).
         """
         to_group = self.ours()
+        to_main = self._main is not None and (sig == SIGKILL or not (to_group and self._main_member()))
         for signum in (sig, SIGCONT) if cont and sig not in (SIGKILL, SIGCONT) else (sig,):
             if to_group:
                 try:
                     os.killpg(self.pgid, signum)
                 except ProcessLookupError:
                     pass
-            if self._main is not None and not (to_group and self._main_leads):
+            if to_main:
                 try:
-                    pidfd_send_signal(self._main, signum)
+                    pidfd_send_signal(self._main, signum)  # type: ignore[arg-type]
                 except ProcessLookupError:
                     pass
+
+    def _main_member(self) -> bool:
+        """Whether the main process is in the group now, so a signal to the group reaches it."""
+        if self._main_leads:
+            return True
+        stat = _linux.read_stat(self._main_pid)
+        return stat is not None and stat.pgid == self.pgid
 
     async def gone(self) -> None:
         """Wait for the main process and the shim to exit (events), then for the group to empty.

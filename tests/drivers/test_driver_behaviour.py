@@ -138,6 +138,28 @@ async def test_the_stop_signal_is_sent_once(harness, begun):
     assert (harness.work / "terms").read_text() == "TERM\n"
 
 
+async def test_the_main_process_gets_a_signal_to_its_unit_once(harness):
+    # A real-time signal is queued once per sending, never merged: while it is blocked, every
+    # copy sent waits, and the unit counts them by taking them one by one.
+    script = (
+        "import os, signal, time; s = {signal.SIGRTMIN}; signal.pthread_sigmask(signal.SIG_BLOCK, s);"
+        " open('ready', 'w').close()\n"
+        "while not os.path.exists('go'): time.sleep(0.01)\n"
+        "n = 0\nwhile signal.sigtimedwait(s, 0): n += 1\n"
+        "open('got', 'w').write(str(n)); open('done', 'w').close()\n"
+        "while True: time.sleep(1000)"
+    )
+    handle = await harness.start([PY, "-c", script])
+    await harness.wait_until((harness.work / "ready").exists, what="the unit to block the signal")
+
+    assert harness.driver.begin_stop(handle, signal.SIGRTMIN)
+    (harness.work / "go").touch()
+    await harness.wait_until((harness.work / "done").exists, what="the unit to take its signals")
+
+    assert (harness.work / "got").read_text() == "1"
+    await harness.driver.stop(handle, signal.SIGKILL, 5)
+
+
 async def test_begin_stop_of_a_stopped_unit_sends_nothing(harness):
     handle = await harness.start(["sleep", "1000"])
     await harness.driver.stop(handle, signal.SIGTERM, 10.0)
