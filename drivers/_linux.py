@@ -1,8 +1,8 @@
 """Process facts read straight from the Linux kernel: /proc files and pidfds.
 
 Every function asks the kernel at the moment it is called; nothing here
-remembers whether a process runs. Boot id and boot time are constant for the
-life of this process (a reboot ends it), so they are read once.
+remembers whether a process runs. The boot id is constant for the life of
+this process (a reboot ends it), so it is read once.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import select
 import struct
 
 from typing import NamedTuple
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # struct pidfd_info (include/uapi/linux/pidfd.h): 64 bytes in its first version.
 _PIDFD_INFO_SIZE = 64
@@ -98,21 +96,6 @@ def _read_proc_file(path: str) -> bytes | None:
 def boot_id() -> str:
     with open("/proc/sys/kernel/random/boot_id") as f:
         return f.read().strip()
-
-
-@functools.cache
-def boot_time() -> float:
-    """Epoch seconds of the boot (the `btime` line of /proc/stat)."""
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("btime "):
-                return float(line.split()[1])
-    raise RuntimeError("/proc/stat has no btime line")
-
-
-def start_time(start_ticks: int) -> float:
-    """Epoch seconds at which a process started, from its start ticks."""
-    return boot_time() + start_ticks / CLOCK_TICKS
 
 
 def open_verified_pidfd(pid: int, start_ticks: int) -> int | None:

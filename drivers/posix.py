@@ -32,7 +32,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from reconciler.driver import Driver, Launch
+from reconciler.driver import Driver, Launch, process_start_time
 from reconciler.errors import DriverError
 from reconciler.model import Handle, Observation, ProcessState
 
@@ -220,7 +220,7 @@ class KnownHandles:
         ident = Identity.of(handle)
         running = None
         if ident is not None:
-            started_at = _linux.start_time(ident.start_ticks)
+            started_at = process_start_time(ident.start_ticks)
             running = Observation(ProcessState.RUNNING, pid=ident.pid, started_at=started_at)
         ref = weakref.ref(handle, functools.partial(self._forget, id(handle)))
         known = self._entries[id(handle)] = _Known(ref, ident, running)
@@ -273,7 +273,7 @@ class PosixDriver(Driver):
             unit=spec.name,
             spec_hash=spec.process_hash,
             pid=ident.pid,
-            started_at=_linux.start_time(ident.start_ticks),
+            started_at=process_start_time(ident.start_ticks),
             data=attrs.asdict(ident),
         )
 
@@ -506,7 +506,7 @@ class PosixDriver(Driver):
         observation = Observation(
             ProcessState.EXITED,
             pid=ident.pid,
-            started_at=_linux.start_time(ident.start_ticks),
+            started_at=process_start_time(ident.start_ticks),
             exited_at=record.written_at if record is not None else self._exit_seen.get(ident.key),
             exit_code=code,
             exit_signal=sig,

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import os
 import threading
+import time
 from pathlib import Path
 from signal import SIGCHLD
 from typing import Iterable, Iterator, Mapping
@@ -24,6 +26,31 @@ from .errors import DriverUnavailable
 from .model import Handle, Observation, Spec
 
 ENTRY_POINT_GROUP = "reconciler.drivers"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # the unit of /proc start times
+
+
+@functools.cache
+def boot_epoch() -> float:
+    """Wall-clock seconds at which this machine booted, to a few microseconds (Linux).
+
+    /proc/stat's `btime` is cut to the whole second: start times built on it came
+    out up to a second early, and health probes and run lengths measured from them
+    were off by as much. The wall clock minus CLOCK_BOOTTIME (the clock /proc's
+    start ticks count in) moves only when the clock is stepped, as btime does: NTP
+    slews both alike. Read once per process; the closest of three readings wins.
+    """
+    readings = []
+    for _ in range(3):
+        before = time.clock_gettime(time.CLOCK_BOOTTIME)
+        wall = time.time()
+        after = time.clock_gettime(time.CLOCK_BOOTTIME)
+        readings.append((after - before, wall - (before + after) / 2))
+    return min(readings)[1]
+
+
+def process_start_time(start_ticks: int) -> float:
+    """Epoch seconds at which a process started, from its /proc start ticks (field 22 of stat)."""
+    return boot_epoch() + start_ticks / CLOCK_TICKS
 
 
 class _Spawns:

@@ -8,7 +8,6 @@ loads no driver while /proc shows every recorded process alive as recorded.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import time
@@ -18,7 +17,7 @@ import attrs
 import orjson
 
 from . import __version__
-from .driver import DriverSet
+from .driver import CLOCK_TICKS, DriverSet, process_start_time
 from .errors import UsageError
 from .eventlog import EventLog
 from .ledger import Ledger
@@ -78,10 +77,6 @@ def _running_since(pid: int | None, started_at: float | None) -> float | None:
     """`started_at` if process `pid` runs (not a zombie) and started then, to the clock tick; else None."""
     if pid is None or started_at is None:
         return None
-    clock = _proc_clock()
-    if clock is None:
-        return None
-    boot_time, ticks_per_second = clock
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)  # a file object costs twice as much
     except OSError:
@@ -96,21 +91,8 @@ def _running_since(pid: int | None, started_at: float | None) -> float | None:
     fields = raw[raw.rfind(b")") + 2 :].split(None, 20)
     if len(fields) < 20 or fields[0] in (b"Z", b"X"):
         return None
-    since = boot_time + int(fields[19]) / ticks_per_second  # field 22: start time in ticks after boot
-    return started_at if abs(since - started_at) < 0.5 / ticks_per_second else None
-
-
-@functools.cache
-def _proc_clock() -> tuple[float, int] | None:
-    """(boot time in epoch seconds, clock ticks per second) from /proc; None where there is no /proc."""
-    try:
-        with open("/proc/stat", "rb") as file:
-            for line in file:
-                if line.startswith(b"btime "):
-                    return float(line.split()[1]), os.sysconf("SC_CLK_TCK")
-    except OSError:
-        pass
-    return None
+    since = process_start_time(int(fields[19]))  # field 22: start time in ticks after boot
+    return started_at if abs(since - started_at) < 0.5 / CLOCK_TICKS else None
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:

@@ -6,10 +6,12 @@ import json
 import os
 import signal
 import sys
+import time
 
 import anyio
 import pytest
 
+from reconciler.driver import CLOCK_TICKS
 from reconciler.errors import DriverError
 from reconciler.model import ProcessState
 
@@ -28,6 +30,16 @@ async def test_start_then_observe_running_with_the_right_pid(harness):
     assert observed.started_at == handle.started_at
     assert handle.unit == "unit" and handle.driver == harness.driver_name
     assert handle.spec_hash == harness.spec(["sleep", "1000"]).process_hash
+
+
+async def test_started_at_is_the_wall_clock_time_of_the_start(harness):
+    """To the clock tick /proc counts in: health probes and run lengths are measured from it."""
+    before = time.time()
+    handle = await harness.start(["sleep", "1000"])
+    after = time.time()
+
+    slack = 0.001  # reading the wall clock and the boot clock together
+    assert before - 1 / CLOCK_TICKS - slack <= handle.started_at <= after + slack
 
 
 async def test_the_started_process_has_already_exec_d_the_argv(harness):

@@ -64,23 +64,26 @@ def test_dependencies_start_in_order(rc):
 
 
 def test_unhealthy_unit_is_restarted(rc, tmp_path):
-    flag = tmp_path / "healthy"
-    flag.touch()
+    # The check fails as many times as the file says, then passes: exactly two failures, however
+    # late this test looks, so the new process is never failed by the test's own timing.
+    failures_to_come = tmp_path / "failures-to-come"
+    failures_to_come.write_text("0")
+    check = f'n=$(cat {failures_to_come}); [ "$n" -gt 0 ] || exit 0; echo $((n - 1)) > {failures_to_come}; exit 1'
     rc.spec(
         "hc.toml",
         'command = ["sleep", "9501"]\n'
-        f'[health]\ntype = "exec"\ncommand = ["test", "-f", "{flag}"]\ninterval = "100ms"\nretries = 2\n',
+        f'[health]\ntype = "exec"\ncommand = ["sh", "-c", {orjson.dumps(check).decode()}]\ninterval = "100ms"\nretries = 2\n',
     )
     rc.start_daemon()
     first = rc.wait_unit("hc", state="running", health="healthy")
-    flag.unlink()
-    wait_until(lambda: rc.events("unit.health", unit="hc") and any(
-        e["health"] == "unhealthy" for e in rc.events("unit.health", unit="hc")), what="unhealthy")
-    flag.touch()
+    staged = tmp_path / "staged"
+    staged.write_text("2")
+    staged.replace(failures_to_come)
     again = wait_until(lambda: (u := rc.unit("hc")) and u["pid"] not in (None, first["pid"]) and u)
     assert again["restarts"] == 1
+    assert any(e["health"] == "unhealthy" for e in rc.events("unit.health", unit="hc"))
     wait_until(lambda: not proc_alive(first["pid"]))
-    rc.wait_unit("hc", health="healthy")
+    assert rc.wait_unit("hc", health="healthy")["restarts"] == 1
 
 
 def test_spec_changes_are_seen_without_a_resync(rc):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from reconciler_drivers import _linux
+from reconciler.driver import process_start_time
 from reconciler.model import ProcessState
 from reconciler.settings import Settings
 from reconciler.status import observe_recorded
@@ -21,7 +22,7 @@ ABSENT_DRIVER = "absent-for-this-test"
 
 def create_time(pid: int) -> float:
     """When the process started, in wall-clock seconds, as the kernel counts it."""
-    return _linux.start_time(_linux.read_stat(pid).start_ticks)
+    return process_start_time(_linux.read_stat(pid).start_ticks)
 
 
 def handle(unit: str, pid: int | None, started_at: float | None) -> dict:
