@@ -41,6 +41,7 @@ def run_daemon(settings: Settings) -> int:
         log.warning("watching %s, state in %s (pid %d)", settings.specs_dir, settings.state_dir, os.getpid())
         reconciler = Reconciler(settings)
         gc.freeze()  # modules and the loaded ledger live as long as we do: collections need not walk them
+        gc.enable()  # off while the command started (entry.py)
         anyio.run(functools.partial(reconciler.run, once=False))
     finally:
         lock.release()
