@@ -368,6 +368,7 @@ def cron(bench: Bench) -> None:
             bench.observer.wait_execs(args, 0, timeout=30)
             noop = []
             for _ in range(s.cron_reps):
+                bench.quiet(system)  # the units just started settle first, as before every other sample
                 wall, proc = bench.run_in_fence(system, system.command("--once"))
                 require_exit(proc, "no-op --once")
                 noop.append(round(wall * 1000, 1))
@@ -379,6 +380,7 @@ def cron(bench: Bench) -> None:
                     arg = system.renew(name)
                     system.define(name, arg)  # a new command line: the unit must be restarted
                     new_args.append(arg)
+                bench.quiet(system)
                 t0 = time.monotonic_ns()
                 wall, proc = bench.run_in_fence(system, system.command("--once"))
                 require_exit(proc, "--once with changed specs")
