@@ -103,16 +103,16 @@ class UnitGroup:
         (`cont=False` leaves it to the caller: a shutdown sweep sends it later).
         """
         to_group = self.ours()
-        to_main = self._main is not None and (sig == SIGKILL or not (to_group and self._main_member()))
+        main = self._main if sig == SIGKILL or not (to_group and self._main_member()) else None
         for signum in (sig, SIGCONT) if cont and sig not in (SIGKILL, SIGCONT) else (sig,):
             if to_group:
                 try:
                     os.killpg(self.pgid, signum)
                 except ProcessLookupError:
                     pass
-            if to_main:
+            if main is not None:
                 try:
-                    pidfd_send_signal(self._main, signum)  # type: ignore[arg-type]
+                    pidfd_send_signal(main, signum)
                 except ProcessLookupError:
                     pass
 
