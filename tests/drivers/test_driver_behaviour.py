@@ -43,7 +43,7 @@ async def test_started_at_is_the_wall_clock_time_of_the_start(harness):
 
 
 async def test_the_started_process_has_already_exec_d_the_argv(harness):
-    argv = [PY, "-c", "import time; time.sleep(1000)", "two words", ""]
+    argv = [PY, "-c", "import signal; signal.pause()", "two words", ""]
     handle = await harness.start(argv)
 
     with open(f"/proc/{handle.pid}/cmdline", "rb") as f:
@@ -137,8 +137,8 @@ async def test_stop_ends_a_well_behaved_unit_with_its_stop_signal(harness):
 async def test_the_stop_signal_is_sent_once(harness, begun):
     # Each SIGTERM is counted and survived, so a second delivery would show, and SIGKILL ends it.
     script = (
-        "import signal, time; signal.signal(signal.SIGTERM, lambda *_: open('terms', 'a').write('TERM\\n'));"
-        " open('ready', 'w').close()\nwhile True: time.sleep(1000)"
+        "import signal; signal.signal(signal.SIGTERM, lambda *_: open('terms', 'a').write('TERM\\n'));"
+        " open('ready', 'w').close()\nwhile True: signal.pause()"
     )
     handle = await harness.start([PY, "-c", script])
     await harness.wait_until((harness.work / "ready").exists, what="the unit to count SIGTERMs")
@@ -152,20 +152,18 @@ async def test_the_stop_signal_is_sent_once(harness, begun):
 
 async def test_the_main_process_gets_a_signal_to_its_unit_once(harness):
     # A real-time signal is queued once per sending, never merged: while it is blocked, every
-    # copy sent waits, and the unit counts them by taking them one by one.
+    # copy sent waits, and the unit counts them by taking them one by one once told to (SIGUSR1).
     script = (
-        "import os, signal, time; s = {signal.SIGRTMIN}; signal.pthread_sigmask(signal.SIG_BLOCK, s);"
-        " open('ready', 'w').close()\n"
-        "while not os.path.exists('go'): time.sleep(0.01)\n"
+        "import signal; s = {signal.SIGRTMIN}; go = {signal.SIGUSR1};"
+        " signal.pthread_sigmask(signal.SIG_BLOCK, s | go); open('ready', 'w').close(); signal.sigwait(go)\n"
         "n = 0\nwhile signal.sigtimedwait(s, 0): n += 1\n"
-        "open('got', 'w').write(str(n)); open('done', 'w').close()\n"
-        "while True: time.sleep(1000)"
+        "open('got', 'w').write(str(n)); open('done', 'w').close(); signal.pause()"
     )
     handle = await harness.start([PY, "-c", script])
-    await harness.wait_until((harness.work / "ready").exists, what="the unit to block the signal")
+    await harness.wait_until((harness.work / "ready").exists, what="the unit to block the signals")
 
     assert harness.driver.begin_stop(handle, signal.SIGRTMIN)
-    (harness.work / "go").touch()
+    assert harness.driver.signal(handle, signal.SIGUSR1)
     await harness.wait_until((harness.work / "done").exists, what="the unit to take its signals")
 
     assert (harness.work / "got").read_text() == "1"
@@ -181,8 +179,8 @@ async def test_begin_stop_of_a_stopped_unit_sends_nothing(harness):
 
 async def test_stop_escalates_to_sigkill_when_the_signal_is_ignored(harness):
     script = (
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-        " open('ready', 'w').close(); time.sleep(1000)"
+        "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        " open('ready', 'w').close(); signal.pause()"
     )
     handle = await harness.start([PY, "-c", script])
     await harness.wait_until((harness.work / "ready").exists, what="the unit to ignore SIGTERM")

@@ -543,7 +543,7 @@ async def test_a_fresh_driver_reports_an_unreaped_process_as_exited_with_its_sig
 
 
 async def test_a_group_is_signalled_only_while_its_leader_or_the_main_process_is_in_it(shim):
-    script = "import os, time; os.setpgid(0, 0); open('left', 'w').close(); time.sleep(1000)"
+    script = "import os, signal; os.setpgid(0, 0); open('left', 'w').close(); signal.pause()"
     handle = await shim.start([sys.executable, "-c", script])
     await shim.wait_until((shim.work / "left").exists, what="the unit to leave its group")
     ident = Identity.of(handle)
