@@ -61,15 +61,13 @@ def run_once(settings: Settings) -> int:
         who = f"pid {exc.pid}" if exc.pid else "another reconciler"
         print(f"reconciler: {who} holds {settings.state_dir}; nothing done", flush=True)
         return EXIT_OK
-    # One short pass of bounded size: collecting its few cycles costs more than it frees,
-    # and objects frozen at the end are not collected again as the interpreter exits (~60-100 ms).
-    gc.disable()
     try:
         raise_fd_limit()
         reconciler = Reconciler(settings)
         anyio.run(functools.partial(reconciler.run, once=True))
     finally:
         lock.release()
+        # The collector is off since the command started (entry.py); objects frozen here are
+        # not walked again by the collection as the interpreter exits (~60-100 ms).
         gc.freeze()
-        gc.enable()
     return EXIT_OK if reconciler.converged() else EXIT_UNSETTLED
