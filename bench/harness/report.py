@@ -121,6 +121,10 @@ def markdown(res: dict, notes: str) -> str:
         "",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, "
         f"load average at start {m['loadavg_start']}, at end {m.get('loadavg_end', '–')}",
+        f"- Creating a file in the work directory (every system's log files but raw's): median "
+        f"{m.get('file_create_us_start', '–')} µs at the start, {m.get('file_create_us_end', '–')} µs at the end. "
+        "Files are removed only when the run ends: on ext4 without a journal, recently deleted inodes "
+        "make each creation near them cost up to a millisecond",
         f"- Project: `{v.get('project_commit', '?')}`; " + "; ".join(f"{k}: {val}" for k, val in v.items() if k != "project_commit"),
         f"- Observer: {obs['mode']}"
         + (
