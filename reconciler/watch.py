@@ -14,8 +14,35 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import anyio
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
+
+# Changes only. Opens and read-only closes are left out of the kernel's watch
+# itself: every file the reader parses would otherwise come back as two events,
+# each handled in watchdog's thread while the GIL is wanted for parsing.
+CHANGES = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileModifiedEvent,
+    DirModifiedEvent,
+    FileClosedEvent,  # closed after writing
+]
 
 
 class _Poker(FileSystemEventHandler):
@@ -33,8 +60,6 @@ class _Poker(FileSystemEventHandler):
         return paths
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return  # reads (ours included) change nothing
         if not event.is_directory:
             with self._lock:
                 self._paths.update(os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p)
@@ -64,7 +89,7 @@ class SpecWatcher:
                 target = self._target()
                 if target != watched:
                     observer.unschedule_all()
-                    observer.schedule(handler, target, recursive=target == str(self.specs_dir))
+                    observer.schedule(handler, target, recursive=target == str(self.specs_dir), event_filter=CHANGES)
                     watched = target
                 await anyio.wait_readable(read_fd)
                 try:

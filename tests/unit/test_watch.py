@@ -1,0 +1,108 @@
+"""SpecWatcher over a real directory and the kernel's inotify: which file operations reach the loop."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import AsyncIterator
+
+import anyio
+import pytest
+from watchdog.events import FileSystemEvent
+
+from reconciler import watch
+from reconciler.watch import SpecWatcher
+
+DEADLINE = 10.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Seen:
+    """Every event watchdog hands the watcher, and every path the loop is told of."""
+
+    def __init__(self) -> None:
+        self.events: list[FileSystemEvent] = []
+        self.told: set[str] = set()
+        self.changed = anyio.Event()
+
+    async def on_change(self, paths: set[str]) -> None:
+        self.told |= paths
+        self.changed.set()
+
+    async def until_told(self, path: Path) -> None:
+        with anyio.fail_after(DEADLINE):
+            while str(path) not in self.told:
+                await self.changed.wait()
+                self.changed = anyio.Event()
+
+
+@pytest.fixture
+async def seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Seen]:
+    """A watcher on tmp_path/specs, running and known to be watching (a first file was reported)."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    for i in range(20):
+        (specs / f"unit{i}.toml").write_text(f'name = "unit{i}"\ncommand = ["true"]\n')
+    found = Seen()
+    handle = watch._Poker.on_any_event
+
+    def spy(self, event: FileSystemEvent) -> None:
+        found.events.append(event)
+        handle(self, event)
+
+    monkeypatch.setattr(watch._Poker, "on_any_event", spy)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(SpecWatcher(specs, found.on_change).run)
+        with anyio.fail_after(DEADLINE):
+            while not found.told:  # the watch may start after a first write: write until one is seen
+                (specs / "ready.toml").write_text("")
+                with anyio.move_on_after(0.05):
+                    await found.changed.wait()
+        yield found
+        tasks.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_reading_spec_files_makes_no_event(seen: Seen, tmp_path: Path) -> None:
+    specs = tmp_path / "specs"
+    await seen.until_told(specs / "ready.toml")
+    seen.events.clear()
+    for path in sorted(specs.iterdir()):
+        with open(path, "rb") as f:  # as the reader does, on every parse
+            f.read()
+    marker = specs / "marker.toml"
+    marker.write_text("")  # queued after anything the reads made
+    await seen.until_told(marker)
+    assert {os.fsdecode(e.src_path) for e in seen.events if not e.is_directory} == {str(marker)}
+
+
+@pytest.mark.anyio
+async def test_every_way_of_changing_a_spec_is_reported(seen: Seen, tmp_path: Path) -> None:
+    specs = tmp_path / "specs"
+    staged = tmp_path / "staged.toml"
+    staged.write_text('name = "new"\n')
+    os.rename(staged, specs / "new.toml")  # renamed into place, as git and editors do
+    await seen.until_told(specs / "new.toml")
+
+    with open(specs / "unit1.toml", "r+b") as f:  # rewritten in place
+        f.write(b"#")
+    await seen.until_told(specs / "unit1.toml")
+
+    (specs / "unit2.toml").unlink()
+    await seen.until_told(specs / "unit2.toml")
+
+    os.rename(specs / "unit3.toml", specs / "unit3.toml.off")  # renamed away
+    await seen.until_told(specs / "unit3.toml")
+
+    (specs / "team").mkdir()  # a new directory is watched too
+    inner = specs / "team" / "api.toml"
+    with anyio.fail_after(DEADLINE):
+        while str(inner) not in seen.told:  # its watch is added when its creation is seen
+            inner.write_text('name = "api"\n')
+            with anyio.move_on_after(0.05):
+                await seen.changed.wait()
+                seen.changed = anyio.Event()
