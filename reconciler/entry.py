@@ -1,6 +1,6 @@
 """The `reconciler` command itself: the cyclic garbage collector is off while it starts.
 
-Importing click, anyio, asyncio and sqlite-utils creates many objects and no
+Importing click, anyio and asyncio creates many objects and no
 garbage worth collecting, yet the collector walks them again and again (a
 twentieth of a `--once`). One-shot commands (`--once`, `status`, `plan`,
 `validate`) run briefly and leave it off; a daemon turns it back on once started

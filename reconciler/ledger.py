@@ -7,6 +7,11 @@ handles to find it again and the history the planner needs.
 
 All methods are synchronous and serialised by a lock: the loop calls them from
 worker threads, never two at once on one connection.
+
+The schema is sqlite-utils' named migrations (ledger_schema.py), applied only
+when the file's `user_version` says it is behind: importing sqlite-utils is
+about 100 ms, most of a cron pass's start-up. Rows are written with plain
+upserts over the same connection.
 """
 
 from __future__ import annotations
@@ -16,19 +21,18 @@ import sqlite3
 import threading
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import attrs
 import orjson
-
-if TYPE_CHECKING:
-    from sqlite_utils import Database
 
 from .model import Handle, Health, Spec, SpecProblem, UnitRecord, UnitState, spec_from_dict, spec_to_dict
 
 # Long enough to outlast any one write of the other process (a pass saves
 # thousands of rows in well under a second); short enough to report a wedged peer.
 BUSY_TIMEOUT_SECONDS = 10.0
+# The number of migrations in ledger_schema.py; a file whose user_version is lower gets them.
+SCHEMA_VERSION = 3
 
 class SpecMemo:
     """Spec <-> JSON text, remembered per unit name.
@@ -100,19 +104,22 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
         self._conn = conn
-        self._db: Database | None = None
         if not _readonly:
-            from sqlite_utils import Database  # writers only: its import is most of a reader's start-up
-
-            from .ledger_schema import MIGRATIONS
-
-            self._db = Database(conn, execute_plugins=False)
-            self._db.enable_wal()
+            conn.execute("PRAGMA journal_mode=wal")
             # Safe in WAL mode (no corruption on power loss, at worst the last
             # commits are lost) and it spares an fsync per pass.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            with self._transaction():
-                MIGRATIONS.apply(self._db)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                self._migrate()
+
+    def _migrate(self) -> None:
+        from sqlite_utils import Database
+
+        from .ledger_schema import MIGRATIONS
+
+        with self._transaction() as conn:
+            MIGRATIONS.apply(Database(conn, execute_plugins=False))
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @classmethod
     def open_readonly(cls, path: Path) -> "Ledger | None":
@@ -135,17 +142,17 @@ class Ledger:
         rows = [record_to_row(record, self._specs) for record in records]
         if not rows:
             return
-        with self._transaction() as db:
-            db["units"].upsert_all(rows, pk="name")
+        with self._transaction() as conn:
+            _upsert(conn, "units", rows, "name")
 
     def forget(self, names: Iterable[str]) -> None:
         """Drop units and their pending restart requests (a unit re-added later starts clean)."""
         keys = [(name,) for name in names]
         if not keys:
             return
-        with self._transaction() as db:
-            db.conn.executemany("DELETE FROM units WHERE name = ?", keys)
-            db.conn.executemany("DELETE FROM restart_requests WHERE name = ?", keys)
+        with self._transaction() as conn:
+            conn.executemany("DELETE FROM units WHERE name = ?", keys)
+            conn.executemany("DELETE FROM restart_requests WHERE name = ?", keys)
             for (name,) in keys:
                 self._specs.forget(name)
 
@@ -166,17 +173,16 @@ class Ledger:
         gone = [(path,) for path in removed]
         if not rows and not gone:
             return
-        with self._transaction() as db:
-            if rows:
-                db["spec_files"].upsert_all(rows, pk="path")
-            db.conn.executemany("DELETE FROM spec_files WHERE path = ?", gone)
+        with self._transaction() as conn:
+            _upsert(conn, "spec_files", rows, "path")
+            conn.executemany("DELETE FROM spec_files WHERE path = ?", gone)
 
     # --- restart requests ------------------------------------------------------
 
     def request_restart(self, name: str, token: str, at: float) -> None:
         """Record a restart request; the planner carries it out once (token != record.restart_token)."""
-        with self._transaction() as db:
-            db["restart_requests"].upsert({"name": name, "token": token, "requested_at": at}, pk="name")
+        with self._transaction() as conn:
+            _upsert(conn, "restart_requests", [{"name": name, "token": token, "requested_at": at}], "name")
 
     def restart_requests(self) -> dict[str, str]:
         return {row["name"]: row["token"] for row in self._select("restart_requests")}
@@ -195,12 +201,11 @@ class Ledger:
         """Record the latest pass and, if given, replace the stored invalid specs with `problems`
         (in the same transaction, so `status` never shows one pass's summary with another's problems)."""
         row = {"id": 1, "started_at": started_at, "finished_at": finished_at, "actions": actions, "errors": errors}
-        with self._transaction() as db:
-            db["last_pass"].upsert(row, pk="id")
+        with self._transaction() as conn:
+            _upsert(conn, "last_pass", [row], "id")
             if problems is not None:
-                db.execute("DELETE FROM spec_problems")
-                rows = ({"path": p.path, "error": p.error} for p in problems)
-                db["spec_problems"].insert_all(rows, pk="path", replace=True)
+                conn.execute("DELETE FROM spec_problems")
+                conn.executemany("INSERT OR REPLACE INTO spec_problems (path, error) VALUES (?, ?)", ((p.path, p.error) for p in problems))
 
     def problems(self) -> list[SpecProblem]:
         """The invalid spec files as of the latest pass that reported them, sorted by path."""
@@ -234,8 +239,8 @@ class Ledger:
             "started_at": started_at,
             "running": int(running),
         }
-        with self._transaction() as db:
-            db["reconciler"].upsert(row, pk="id")
+        with self._transaction() as conn:
+            _upsert(conn, "reconciler", [row], "id")
 
     def reconciler(self) -> dict[str, Any] | None:
         """The daemon as it last described itself; `running` is as of that write, not checked."""
@@ -260,22 +265,22 @@ class Ledger:
     # --- plumbing --------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Database]:
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taking the write lock up front.
 
         BEGIN IMMEDIATE makes a busy peer wait out the busy timeout at the
         start; a deferred BEGIN that reads first could fail mid-way instead.
         """
-        if self._db is None:
+        if self.readonly:
             raise sqlite3.OperationalError("the ledger was opened read-only")
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield self._conn
             except BaseException:
-                self._db.rollback()
+                self._conn.rollback()
                 raise
-            self._db.commit()
+            self._conn.commit()
 
     def _select(self, table: str) -> list[dict[str, Any]]:
         """All rows of a table; none if the table does not exist yet (a read-only
@@ -287,3 +292,14 @@ class Ledger:
             cursor = self._conn.execute(f"SELECT * FROM [{table}]")
             columns = [d[0] for d in cursor.description]
             return [dict(zip(columns, row)) for row in cursor]
+
+
+def _upsert(conn: sqlite3.Connection, table: str, rows: list[dict[str, Any]], key: str) -> None:
+    """Insert each row, or update the given columns of the row with the same key (sqlite-utils' upsert)."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    names = ", ".join(f"[{c}]" for c in columns)
+    updates = ", ".join(f"[{c}] = excluded.[{c}]" for c in columns if c != key)
+    sql = f"INSERT INTO [{table}] ({names}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT([{key}]) DO UPDATE SET {updates}"
+    conn.executemany(sql, [tuple(row[c] for c in columns) for row in rows])

@@ -1,7 +1,8 @@
-"""The ledger's schema, as named sqlite-utils migrations (applied by writers only).
+"""The ledger's schema, as named sqlite-utils migrations.
 
-Kept apart from `ledger.py` so that readers (`reconciler status`) never import
-sqlite-utils: a plain sqlite3 connection is all a read needs.
+Kept apart from `ledger.py`, which imports this only when a file's
+`user_version` is below ledger.SCHEMA_VERSION (raise both together): reads and
+row writes need nothing but a plain sqlite3 connection.
 """
 
 from __future__ import annotations

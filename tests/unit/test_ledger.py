@@ -14,7 +14,7 @@ import attrs
 import pytest
 from sqlite_utils import Database
 
-from reconciler.ledger import Ledger, SpecMemo, record_to_row
+from reconciler.ledger import SCHEMA_VERSION, Ledger, SpecMemo, record_to_row
 from reconciler.ledger_schema import MIGRATIONS
 from reconciler.model import (
     Handle,
@@ -164,9 +164,9 @@ def test_forget_drops_pending_restart_requests(ledger: Ledger):
 def test_a_thousand_records_are_saved_in_one_transaction(ledger: Ledger):
     records = [attrs.evolve(full_record(f"unit-{i}"), pid=i) for i in range(1000)]
     statements: list[str] = []
-    ledger._db.conn.set_trace_callback(statements.append)
+    ledger._conn.set_trace_callback(statements.append)
     ledger.save(records)
-    ledger._db.conn.set_trace_callback(None)
+    ledger._conn.set_trace_callback(None)
     verbs = [s.split()[0].upper() for s in statements]
     assert verbs.count("BEGIN") == 1
     assert verbs.count("COMMIT") == 1
@@ -222,6 +222,38 @@ def test_opening_an_older_ledger_applies_the_missing_migrations(ledger_path: Pat
         assert upgraded.units() == {"web": full_record()}
         upgraded.record_pass(1.0, 2.0, 0, 1, problems=[SpecProblem("/s/x.toml", "bad")])
         assert upgraded.problems() == [SpecProblem("/s/x.toml", "bad")]
+
+
+def test_a_ledger_opened_fresh_is_at_the_schema_version_of_every_migration(ledger: Ledger, ledger_path: Path):
+    ledger.save([UnitRecord(name="web")])
+    db = Database(ledger_path)
+    assert MIGRATIONS.pending(db) == []
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert db.execute(f"SELECT count(*) FROM {MIGRATIONS.migrations_table}").fetchone()[0] == SCHEMA_VERSION
+
+
+OPEN_TWICE = """
+import sys
+from pathlib import Path
+from reconciler.ledger import Ledger
+from reconciler.model import UnitRecord
+with Ledger(Path(sys.argv[1])) as ledger:
+    ledger.save([UnitRecord(name="web", restarts=int(sys.argv[2]))])
+    ledger.record_pass(1.0, 2.0, 0, 0, problems=[])
+print("sqlite_utils" in sys.modules)
+"""
+
+
+def test_sqlite_utils_is_loaded_only_to_create_or_migrate_the_schema(ledger_path: Path):
+    """Its import is most of a cron pass's start-up: a current ledger is read and written without it."""
+    def run(restarts: int) -> str:
+        argv = [sys.executable, "-c", OPEN_TWICE, str(ledger_path), str(restarts)]
+        return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+    assert run(1) == "True"  # created
+    assert run(2) == "False"
+    with Ledger(ledger_path) as ledger:
+        assert ledger.units()["web"].restarts == 2
 
 
 def test_reconciler_info_round_trips(ledger: Ledger, tmp_path: Path):
