@@ -34,6 +34,7 @@ BUSY_TIMEOUT_SECONDS = 10.0
 # The number of migrations in ledger_schema.py; a file whose user_version is lower gets them.
 SCHEMA_VERSION = 3
 
+
 class SpecMemo:
     """Spec <-> JSON text, remembered per unit name.
 
@@ -205,7 +206,8 @@ class Ledger:
             _upsert(conn, "last_pass", [row], "id")
             if problems is not None:
                 conn.execute("DELETE FROM spec_problems")
-                conn.executemany("INSERT OR REPLACE INTO spec_problems (path, error) VALUES (?, ?)", ((p.path, p.error) for p in problems))
+                rows = [(p.path, p.error) for p in problems]
+                conn.executemany("INSERT OR REPLACE INTO spec_problems (path, error) VALUES (?, ?)", rows)
 
     def problems(self) -> list[SpecProblem]:
         """The invalid spec files as of the latest pass that reported them, sorted by path."""
@@ -300,6 +302,7 @@ def _upsert(conn: sqlite3.Connection, table: str, rows: list[dict[str, Any]], ke
         return
     columns = list(rows[0])
     names = ", ".join(f"[{c}]" for c in columns)
+    marks = ", ".join("?" * len(columns))
     updates = ", ".join(f"[{c}] = excluded.[{c}]" for c in columns if c != key)
-    sql = f"INSERT INTO [{table}] ({names}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT([{key}]) DO UPDATE SET {updates}"
+    sql = f"INSERT INTO [{table}] ({names}) VALUES ({marks}) ON CONFLICT([{key}]) DO UPDATE SET {updates}"
     conn.executemany(sql, [tuple(row[c] for c in columns) for row in rows])
