@@ -93,12 +93,12 @@ def test_probe_schedule(last_checked_at: float | None, now: float, due: bool, ne
 # --- real probes ----------------------------------------------------------------
 
 SERVER = r"""
-import http.server, socket, ssl, sys, time
+import http.server, socket, ssl, sys, threading
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/slow":
-            time.sleep(60)
+            threading.Event().wait()  # hangs until the server is killed
         status = {"/ok": 200, "/ok?q=1": 200, "/fail": 500, "/redirect": 302}.get(self.path, 404)
         self.send_response(status)
         if status == 302:
