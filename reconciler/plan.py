@@ -146,6 +146,8 @@ def _running(spec: Spec, rec: UnitRecord, token: str | None, requested: bool) ->
     if rec.spec is None or not _same_content(rec.spec, spec):
         new = _with(rec, spec=spec, desired="running", state=UnitState.RUNNING)
         return new, Action(IN_PLACE, spec.name, "settings changed", spec=spec)
+    if rec.state is UnitState.RUNNING and rec.desired == "running":
+        return rec, None  # as it should be, like most units on most passes: spared even _with's checks
     return _with(rec, desired="running", state=UnitState.RUNNING), None
 
 
