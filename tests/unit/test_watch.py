@@ -39,6 +39,15 @@ class Seen:
                 await self.changed.wait()
                 self.changed = anyio.Event()
 
+    async def write_until_told(self, path: Path, text: str) -> None:
+        """Write `path` again until it is reported: for a watch that may only start after a first write."""
+        with anyio.fail_after(DEADLINE):
+            while str(path) not in self.told:
+                path.write_text(text)
+                with anyio.move_on_after(0.05):
+                    await self.changed.wait()
+                    self.changed = anyio.Event()
+
 
 @pytest.fixture
 async def seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Seen]:
@@ -57,11 +66,7 @@ async def seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
     monkeypatch.setattr(watch._Poker, "on_any_event", spy)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(SpecWatcher(specs, found.on_change).run)
-        with anyio.fail_after(DEADLINE):
-            while not found.told:  # the watch may start after a first write: write until one is seen
-                (specs / "ready.toml").write_text("")
-                with anyio.move_on_after(0.05):
-                    await found.changed.wait()
+        await found.write_until_told(specs / "ready.toml", "")
         yield found
         tasks.cancel_scope.cancel()
 
@@ -69,7 +74,6 @@ async def seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
 @pytest.mark.anyio
 async def test_reading_spec_files_makes_no_event(seen: Seen, tmp_path: Path) -> None:
     specs = tmp_path / "specs"
-    await seen.until_told(specs / "ready.toml")
     seen.events.clear()
     for path in sorted(specs.iterdir()):
         with open(path, "rb") as f:  # as the reader does, on every parse
@@ -98,11 +102,5 @@ async def test_every_way_of_changing_a_spec_is_reported(seen: Seen, tmp_path: Pa
     os.rename(specs / "unit3.toml", specs / "unit3.toml.off")  # renamed away
     await seen.until_told(specs / "unit3.toml")
 
-    (specs / "team").mkdir()  # a new directory is watched too
-    inner = specs / "team" / "api.toml"
-    with anyio.fail_after(DEADLINE):
-        while str(inner) not in seen.told:  # its watch is added when its creation is seen
-            inner.write_text('name = "api"\n')
-            with anyio.move_on_after(0.05):
-                await seen.changed.wait()
-                seen.changed = anyio.Event()
+    (specs / "team").mkdir()  # a new directory is watched too, once its creation is seen
+    await seen.write_until_told(specs / "team" / "api.toml", 'name = "api"\n')
