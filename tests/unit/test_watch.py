@@ -74,14 +74,17 @@ async def seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
 @pytest.mark.anyio
 async def test_reading_spec_files_makes_no_event(seen: Seen, tmp_path: Path) -> None:
     specs = tmp_path / "specs"
+    read = sorted(specs.glob("unit*.toml"))  # not ready.toml: events of its last write may still trail in
     seen.events.clear()
-    for path in sorted(specs.iterdir()):
+    for path in read:
         with open(path, "rb") as f:  # as the reader does, on every parse
             f.read()
     marker = specs / "marker.toml"
     marker.write_text("")  # queued after anything the reads made
     await seen.until_told(marker)
-    assert {os.fsdecode(e.src_path) for e in seen.events if not e.is_directory} == {str(marker)}
+    named = {os.fsdecode(e.src_path) for e in seen.events if not e.is_directory}
+    assert str(marker) in named
+    assert named.isdisjoint(map(str, read))
 
 
 @pytest.mark.anyio
