@@ -50,7 +50,7 @@ from .memory import (
 )
 from .model import Desired, ProcessState, Spec, SpecProblem, StopSettings, UnitRecord, UnitState
 from .plan import IN_PLACE, STOP, Action, Plan, effective_desired, plan
-from .reaper import Reaper
+from .reaper import Reaper, signal_receiver
 from .settings import Settings
 from .specs import SpecReader, is_spec_name
 from .written import WrittenFiles
@@ -192,7 +192,7 @@ class Reconciler:
                 await self._persist(records, events)
 
     async def _handle_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self.poke()

@@ -9,10 +9,12 @@ which this reaper honours.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
+from typing import AsyncIterator, Iterator
 
 import anyio
 
@@ -43,6 +45,18 @@ def quiet_signal_wakeups() -> None:
         signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
 
 
+@contextlib.contextmanager
+def signal_receiver(*signals: int) -> Iterator[AsyncIterator[int]]:
+    """anyio's signal receiver, its wake-ups kept quiet.
+
+    asyncio sets the wake-up fd afresh, warnings on, each time it adds a
+    handler, so every receiver the reconciler opens goes through here.
+    """
+    with anyio.open_signal_receiver(*signals) as received:
+        quiet_signal_wakeups()
+        yield received
+
+
 class Reaper:
     """Collects exit statuses on SIGCHLD; hands them to whoever awaits that pid."""
 
@@ -52,8 +66,7 @@ class Reaper:
 
     async def run(self) -> None:
         """Reap until cancelled. Start it before spawning anything."""
-        with anyio.open_signal_receiver(signal.SIGCHLD) as signals:
-            quiet_signal_wakeups()
+        with signal_receiver(signal.SIGCHLD) as signals:
             self.reap_all()
             async for _ in signals:
                 self.reap_all()
