@@ -40,13 +40,14 @@ from . import _linux, _spawn
 from ._group import UnitGroup
 from ._keeper_client import KeeperClient
 from ._pidfds import PidfdTable, default_capacity
+from ._spawn_threads import SpawnThreads
 
 START_TIMEOUT = 10.0  # the shim must report the command's pid and the exec must be seen by then
 SHIM_RECORD_WAIT = 2.0  # per observe/stop call: how long to wait for exiting shims to write their record
 KEEPER_RECORD_WAIT = 0.5  # how long the exit keeper may take to write down an exit it saw
 EXIT_MEMORY = 4096  # exit facts of this many dead processes are kept, so answers stay exact
 EXEC_FAILED = (126, 127)  # how sh reports that `exec` failed
-SPAWN_THREADS = 4  # direct starts spawned at once: a spawn mostly waits for its child to exec
+SPAWN_THREADS = 2  # threads spawning direct starts: one spawns while the other waits for its exec
 
 REBOOTED = "the machine rebooted since the unit started; its exit was not recorded"
 UNRECORDED = "exited while unobserved; no status was recorded"
@@ -248,7 +249,7 @@ class PosixDriver(Driver):
         # Units started directly that the exit keeper watches for us (handed over again if it is restarted).
         self._keeper = KeeperClient(self.state_dir / "run" / "keeper.log")
         self._kept: dict[tuple[int, int], Identity] = {}
-        self._spawn_threads: anyio.CapacityLimiter | None = None  # made in the event loop, when first needed
+        self._spawn_threads = SpawnThreads(SPAWN_THREADS)
         self._starting = 0  # direct starts under way
 
     @classmethod
@@ -278,20 +279,19 @@ class PosixDriver(Driver):
         )
 
     async def _spawn(self, launch: Launch) -> _spawn.Direct:
-        """Spawn a direct start: at once if it is alone, else from one of a few threads.
+        """Spawn a direct start: at once if it is alone, else from one of the spawn threads.
 
-        A spawn mostly waits for its child to exec: in a burst of starts these waits
-        overlap in threads, while a lone start (a restart) is spared the hand-off.
-        Starts launched together all reach the checkpoint before any goes past it.
+        A spawn mostly waits for its child to exec: in a burst of starts, one thread
+        spawns while the other waits and the event loop does its part, while a lone
+        start (a restart) is spared the hand-off. Starts launched together all reach
+        the checkpoint before any goes past it.
         """
         self._starting += 1
         try:
             await anyio.lowlevel.checkpoint()
             if self._starting == 1:
                 return _spawn.spawn_direct(launch)
-            if self._spawn_threads is None:
-                self._spawn_threads = anyio.CapacityLimiter(SPAWN_THREADS)
-            return await anyio.to_thread.run_sync(_spawn.spawn_direct, launch, limiter=self._spawn_threads)
+            return await self._spawn_threads.run(_spawn.spawn_direct, launch)
         finally:
             self._starting -= 1
 
@@ -621,6 +621,7 @@ class PosixDriver(Driver):
         return True
 
     async def aclose(self) -> None:
+        self._spawn_threads.close()
         self._pidfds.close_all()
         self._keeper.close()
 
