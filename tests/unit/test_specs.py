@@ -380,6 +380,18 @@ def test_invalid_file_is_a_problem_not_a_spec(specs_dir: Path) -> None:
     assert desired.complete
 
 
+def test_a_spec_is_read_up_to_the_size_limit_and_no_further(specs_dir: Path) -> None:
+    from reconciler.specs import MAX_SPEC_BYTES
+
+    padding = "#" * (MAX_SPEC_BYTES - len('command = ["a"]\n') - 1) + "\n"
+    write(specs_dir / "web.toml", 'command = ["a"]\n' + padding)
+    big = write(specs_dir / "big.toml", 'command = ["a"]\n' + padding + "\n")
+    desired = SpecReader(specs_dir).read()
+    assert os.path.getsize(specs_dir / "web.toml") == MAX_SPEC_BYTES
+    assert list(desired.specs) == ["web"]
+    assert desired.problems == (SpecProblem(str(big), f"file is larger than {MAX_SPEC_BYTES} bytes"),)
+
+
 def test_duplicate_names_invalidate_every_claimant(specs_dir: Path) -> None:
     one = write(specs_dir / "one.toml", 'name = "web"\ncommand = ["a"]\n')
     two = write(specs_dir / "sub" / "web.yaml", "command: [b]\n")
