@@ -9,14 +9,16 @@ All methods are synchronous and serialised by a lock: the loop calls them from
 worker threads, never two at once on one connection.
 
 The schema is sqlite-utils' named migrations (ledger_schema.py), applied only
-when the file's `user_version` says it is behind: importing sqlite-utils is
-about 100 ms, most of a cron pass's start-up. Rows are written with plain
-upserts over the same connection.
+when an existing file's `user_version` says it is behind; a new file gets the
+schema they make written out (FRESH_SCHEMA). Importing sqlite-utils is about
+100 ms, most of a cron pass's start-up. Rows are written with plain upserts
+over the same connection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import sqlite3
 import threading
 import urllib.parse
@@ -31,8 +33,74 @@ from .model import Handle, Health, Spec, SpecProblem, UnitRecord, UnitState, spe
 # Long enough to outlast any one write of the other process (a pass saves
 # thousands of rows in well under a second); short enough to report a wedged peer.
 BUSY_TIMEOUT_SECONDS = 10.0
-# The number of migrations in ledger_schema.py; a file whose user_version is lower gets them.
-SCHEMA_VERSION = 3
+# The migrations of ledger_schema.py, in order; a file whose user_version is lower gets those it lacks.
+MIGRATION_NAMES = ("0001_initial", "0002_spec_problems", "0003_spec_files")
+SCHEMA_VERSION = len(MIGRATION_NAMES)
+# A new file gets the schema the migrations would leave, in one go: every first start
+# of a container would otherwise import sqlite-utils (about 100 ms) to make it.
+# tests/unit/test_ledger.py holds this equal to what the migrations make.
+FRESH_SCHEMA = (
+    """CREATE TABLE "_sqlite_migrations" (
+   "id" INTEGER PRIMARY KEY,
+   "migration_set" TEXT,
+   "name" TEXT,
+   "applied_at" TEXT
+)""",
+    """CREATE UNIQUE INDEX "idx__sqlite_migrations_migration_set_name"
+    ON "_sqlite_migrations" ("migration_set", "name")""",
+    """CREATE TABLE "units" (
+   "name" TEXT PRIMARY KEY,
+   "spec" TEXT,
+   "handle" TEXT,
+   "desired" TEXT NOT NULL,
+   "state" TEXT NOT NULL,
+   "pid" INTEGER,
+   "started_at" REAL,
+   "restarts" INTEGER NOT NULL,
+   "failures" INTEGER NOT NULL,
+   "exit_code" INTEGER,
+   "exit_signal" INTEGER,
+   "exited_at" REAL,
+   "next_retry_at" REAL,
+   "health" TEXT NOT NULL,
+   "health_failures" INTEGER NOT NULL,
+   "health_checked_at" REAL,
+   "message" TEXT NOT NULL,
+   "restart_token" TEXT,
+   "updated_at" REAL
+)""",
+    """CREATE TABLE "restart_requests" (
+   "name" TEXT PRIMARY KEY,
+   "token" TEXT,
+   "requested_at" REAL
+)""",
+    """CREATE TABLE "last_pass" (
+   "id" INTEGER PRIMARY KEY,
+   "started_at" REAL,
+   "finished_at" REAL,
+   "actions" INTEGER,
+   "errors" INTEGER
+)""",
+    """CREATE TABLE "reconciler" (
+   "id" INTEGER PRIMARY KEY,
+   "pid" INTEGER,
+   "version" TEXT,
+   "specs_dir" TEXT,
+   "state_dir" TEXT,
+   "started_at" REAL,
+   "running" INTEGER
+)""",
+    """CREATE TABLE "spec_problems" (
+   "path" TEXT PRIMARY KEY,
+   "error" TEXT
+)""",
+    """CREATE TABLE "spec_files" (
+   "path" TEXT PRIMARY KEY,
+   "stat_key" TEXT,
+   "content_hash" TEXT
+)""",
+)
+MIGRATION_SET = "reconciler.ledger"  # the name ledger_schema.py gives its migrations
 
 
 class SpecMemo:
@@ -111,15 +179,29 @@ class Ledger:
             # commits are lost) and it spares an fsync per pass.
             conn.execute("PRAGMA synchronous=NORMAL")
             if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                self._migrate()
+                self._create_or_migrate()
 
-    def _migrate(self) -> None:
-        from sqlite_utils import Database
+    def _create_or_migrate(self) -> None:
+        """The schema at SCHEMA_VERSION: written out on a new file, else by the missing migrations.
 
-        from .ledger_schema import MIGRATIONS
-
+        Decided under the write lock: of two processes opening a new file at once, the second
+        finds the first's schema.
+        """
         with self._transaction() as conn:
-            MIGRATIONS.apply(Database(conn, execute_plugins=False))
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                return
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                for statement in FRESH_SCHEMA:
+                    conn.execute(statement)
+                applied_at = str(datetime.datetime.now(datetime.timezone.utc))
+                rows = [(MIGRATION_SET, name, applied_at) for name in MIGRATION_NAMES]
+                conn.executemany("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES (?, ?, ?)", rows)
+            else:
+                from sqlite_utils import Database
+
+                from .ledger_schema import MIGRATIONS
+
+                MIGRATIONS.apply(Database(conn, execute_plugins=False))
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @classmethod

@@ -1,8 +1,9 @@
 """The ledger's schema, as named sqlite-utils migrations.
 
-Kept apart from `ledger.py`, which imports this only when a file's
-`user_version` is below ledger.SCHEMA_VERSION (raise both together): reads and
-row writes need nothing but a plain sqlite3 connection.
+Kept apart from `ledger.py`, which imports this only when an existing file's
+`user_version` is below ledger.SCHEMA_VERSION: reads, row writes and new files
+need nothing but a plain sqlite3 connection. A new migration is added here, to
+ledger.MIGRATION_NAMES, and to ledger.FRESH_SCHEMA as it leaves the schema.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-MIGRATIONS = Migrations("reconciler.ledger")
+from .ledger import MIGRATION_SET
+
+MIGRATIONS = Migrations(MIGRATION_SET)
 
 
 @MIGRATIONS(name="0001_initial")

@@ -14,7 +14,7 @@ import attrs
 import pytest
 from sqlite_utils import Database
 
-from reconciler.ledger import SCHEMA_VERSION, Ledger, SpecMemo, record_to_row
+from reconciler.ledger import MIGRATION_NAMES, SCHEMA_VERSION, Ledger, SpecMemo, record_to_row
 from reconciler.ledger_schema import MIGRATIONS
 from reconciler.model import (
     Handle,
@@ -232,6 +232,19 @@ def test_a_ledger_opened_fresh_is_at_the_schema_version_of_every_migration(ledge
     assert db.execute(f"SELECT count(*) FROM {MIGRATIONS.migrations_table}").fetchone()[0] == SCHEMA_VERSION
 
 
+def test_a_new_ledger_has_exactly_the_schema_the_migrations_make(ledger: Ledger, ledger_path: Path, tmp_path: Path):
+    migrated = Database(tmp_path / "migrated.db")
+    MIGRATIONS.apply(migrated)
+    new = Database(ledger_path)
+
+    def schema(db: Database) -> list[tuple]:
+        return db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall()
+
+    assert schema(new) == schema(migrated)
+    assert [m.name for m in MIGRATIONS.applied(new)] == [m.name for m in MIGRATIONS.applied(migrated)]
+    assert list(MIGRATION_NAMES) == [m.name for m in MIGRATIONS.applied(migrated)]
+
+
 OPEN_TWICE = """
 import sys
 from pathlib import Path
@@ -244,13 +257,13 @@ print("sqlite_utils" in sys.modules)
 """
 
 
-def test_sqlite_utils_is_loaded_only_to_create_or_migrate_the_schema(ledger_path: Path):
-    """Its import is most of a cron pass's start-up: a current ledger is read and written without it."""
+def test_sqlite_utils_is_loaded_only_to_migrate_an_older_ledger(ledger_path: Path):
+    """Its import is most of a cron pass's start-up: a new or current ledger is made, read and written without it."""
     def run(restarts: int) -> str:
         argv = [sys.executable, "-c", OPEN_TWICE, str(ledger_path), str(restarts)]
         return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
 
-    assert run(1) == "True"  # created
+    assert run(1) == "False"  # created
     assert run(2) == "False"
     with Ledger(ledger_path) as ledger:
         assert ledger.units()["web"].restarts == 2
