@@ -14,6 +14,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import anyio
@@ -35,6 +36,8 @@ from reconciler_drivers.posix import (
     exit_facts,
     find_record,
 )
+
+from tests.conftest import cmdline
 
 from .conftest import KITS, process_stat, running_harness
 
@@ -357,6 +360,34 @@ async def test_a_direct_start_runs_the_command_itself_as_our_child_and_session_l
     assert (fields["ppid"], fields["pgid"], fields["sid"]) == (os.getpid(), handle.pid, handle.pid)
     assert handle.data["shim_pid"] is None
     assert not (direct.state_dir / "run" / "unit").exists()  # nothing is written until it exits
+
+
+async def test_starts_launched_together_are_spawned_by_the_spawn_threads_and_each_gets_its_outcome(direct):
+    """A burst goes through the spawn threads: every start gets its own child, or its own error."""
+    names = [f"unit{i}" for i in range(6)]
+    outcomes: dict[str, Handle | DriverError] = {}
+
+    async def start(name: str) -> None:
+        command = ["no-such-command-here"] if name == "unit3" else ["sleep", "1000"]
+        try:
+            outcomes[name] = await direct.start(command, name=name)
+        except DriverError as exc:
+            outcomes[name] = exc
+
+    async with anyio.create_task_group() as tasks:
+        for name in names:
+            tasks.start_soon(start, name)
+
+    failed = outcomes.pop("unit3")
+    assert isinstance(failed, DriverError) and not failed.transient and "command not found" in str(failed)
+    pids = {handle.pid for handle in outcomes.values()}  # type: ignore[union-attr]
+    assert len(pids) == 5
+    for pid in pids:
+        assert direct_stat(pid)["ppid"] == os.getpid()
+        assert cmdline(pid) == ["sleep", "1000"]
+    assert any(thread.name == "spawn" for thread in threading.enumerate())
+    await direct.driver.aclose()
+    assert not any(thread.name == "spawn" for thread in threading.enumerate())
 
 
 def direct_stat(pid: int) -> dict[str, int]:
