@@ -374,9 +374,11 @@ async def test_starts_launched_together_are_spawned_by_the_spawn_threads_and_eac
         except DriverError as exc:
             outcomes[name] = exc
 
+    others = set(threading.enumerate())  # other tests' drivers may still have theirs
     async with anyio.create_task_group() as tasks:
         for name in names:
             tasks.start_soon(start, name)
+    spawn_threads = [t for t in threading.enumerate() if t.name == "spawn" and t not in others]
 
     failed = outcomes.pop("unit3")
     assert isinstance(failed, DriverError) and not failed.transient and "command not found" in str(failed)
@@ -385,9 +387,9 @@ async def test_starts_launched_together_are_spawned_by_the_spawn_threads_and_eac
     for pid in pids:
         assert direct_stat(pid)["ppid"] == os.getpid()
         assert cmdline(pid) == ["sleep", "1000"]
-    assert any(thread.name == "spawn" for thread in threading.enumerate())
+    assert spawn_threads
     await direct.driver.aclose()
-    assert not any(thread.name == "spawn" for thread in threading.enumerate())
+    assert not any(thread.is_alive() for thread in spawn_threads)
 
 
 def direct_stat(pid: int) -> dict[str, int]:
