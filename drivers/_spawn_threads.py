@@ -66,6 +66,8 @@ class SpawnThreads:
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return  # the event loop is shutting down and cancelled every task
     if error is None:
         future.set_result(result)
     else:

@@ -34,6 +34,7 @@ from .model import Handle, Health, Spec, SpecProblem, UnitRecord, UnitState, spe
 # thousands of rows in well under a second); short enough to report a wedged peer.
 BUSY_TIMEOUT_SECONDS = 10.0
 # The migrations of ledger_schema.py, in order; a file whose user_version is lower gets those it lacks.
+MIGRATION_SET = "reconciler.ledger"
 MIGRATION_NAMES = ("0001_initial", "0002_spec_problems", "0003_spec_files")
 SCHEMA_VERSION = len(MIGRATION_NAMES)
 # A new file gets the schema the migrations would leave, in one go: every first start
@@ -100,7 +101,6 @@ FRESH_SCHEMA = (
    "content_hash" TEXT
 )""",
 )
-MIGRATION_SET = "reconciler.ledger"  # the name ledger_schema.py gives its migrations
 
 
 class SpecMemo:
@@ -195,7 +195,8 @@ class Ledger:
                     conn.execute(statement)
                 applied_at = str(datetime.datetime.now(datetime.timezone.utc))
                 rows = [(MIGRATION_SET, name, applied_at) for name in MIGRATION_NAMES]
-                conn.executemany("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES (?, ?, ?)", rows)
+                applied = "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES (?, ?, ?)"
+                conn.executemany(applied, rows)
             else:
                 from sqlite_utils import Database
 
