@@ -33,27 +33,20 @@ def become_subreaper() -> bool:
     return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
-def quiet_signal_wakeups() -> None:
-    """Do not warn when the event loop's signal wake-up buffer is full.
+@contextlib.contextmanager
+def signal_receiver(*signals: int) -> Iterator[AsyncIterator[int]]:
+    """anyio's signal receiver, without a warning when the loop's wake-up buffer is full.
 
     A thousand units exiting at once send a thousand SIGCHLDs; once a wake-up
     byte is pending the rest carry no news (one reap collects every child), yet
-    CPython would print a warning for each byte it could not write.
-    """
-    fd = signal.set_wakeup_fd(-1)
-    if fd != -1:
-        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
-
-
-@contextlib.contextmanager
-def signal_receiver(*signals: int) -> Iterator[AsyncIterator[int]]:
-    """anyio's signal receiver, its wake-ups kept quiet.
-
-    asyncio sets the wake-up fd afresh, warnings on, each time it adds a
-    handler, so every receiver the reconciler opens goes through here.
+    CPython would print a warning for each byte it could not write. asyncio
+    turns that warning back on each time it adds a handler, so every receiver
+    the reconciler opens goes through here.
     """
     with anyio.open_signal_receiver(*signals) as received:
-        quiet_signal_wakeups()
+        fd = signal.set_wakeup_fd(-1)
+        if fd != -1:
+            signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
         yield received
 
 
