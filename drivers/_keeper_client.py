@@ -7,6 +7,8 @@ import socket
 import sys
 from pathlib import Path
 
+from reconciler.errors import DriverError
+
 from . import _keeper, _linux, _posix_spawn, _spawn
 
 
@@ -23,7 +25,10 @@ class KeeperClient:
         """Make sure a keeper runs; False if one had to be started (it watches nothing yet)."""
         if self._pidfd is not None and not _linux.exited([self._pidfd]):
             return True
-        self._start()
+        try:
+            self._start()
+        except OSError as exc:
+            raise DriverError(f"cannot start the exit keeper: {exc.strerror}") from exc
         return False
 
     def watch(self, token: str, pid: int, start_ticks: int, status_file: str, pidfd: int) -> None:

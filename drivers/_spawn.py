@@ -138,14 +138,17 @@ def prepare_status_file(state_dir: Path, unit: str, ids: Ids | None) -> Path:
     """
     status = status_file(state_dir, unit)
     run_dir = status.parent
-    _make_dir(run_dir)
-    if ids is not None:
-        os.chown(run_dir, -1 if ids.uid is None else ids.uid, -1 if ids.gid is None else ids.gid)
     try:
-        if ids is not None or os.stat(status).st_size > RECORDS_KEPT:
-            os.unlink(status)
-    except FileNotFoundError:
-        pass
+        _make_dir(run_dir)
+        if ids is not None:
+            os.chown(run_dir, -1 if ids.uid is None else ids.uid, -1 if ids.gid is None else ids.gid)
+        try:
+            if ids is not None or os.stat(status).st_size > RECORDS_KEPT:
+                os.unlink(status)
+        except FileNotFoundError:
+            pass
+    except OSError as exc:
+        raise DriverError(f"cannot prepare the exit record {status}: {exc.strerror}") from exc
     return status
 
 

@@ -266,7 +266,9 @@ class PosixDriver(Driver):
         spec = launch.spec
         ids = _spawn.resolve_ids(spec)
         if launch.resident and ids is None and _spawn.direct_available():
-            ident = self._start_direct(launch, await self._spawn(launch))
+            # The keeper first: one that cannot start fails the start before a child exists.
+            keeper = self._ensure_keeper()
+            ident = self._start_direct(launch, await self._spawn(launch), keeper)
         else:
             ident = await self._start_under_shim(launch, _spawn.unit_environment(spec), ids)
         return Handle(
@@ -295,10 +297,10 @@ class PosixDriver(Driver):
         finally:
             self._starting -= 1
 
-    def _start_direct(self, launch: Launch, child: _spawn.Direct) -> Identity:
+    def _start_direct(self, launch: Launch, child: _spawn.Direct, keeper: tuple[int, int]) -> Identity:
         """The command as our own child, spawned and exec'd: its pidfd kept, the exit keeper told."""
         self._pidfds.put((child.pid, child.start_ticks), child.pidfd)
-        keeper_pid, keeper_ticks = self._ensure_keeper()
+        keeper_pid, keeper_ticks = keeper
         ident = Identity(
             pid=child.pid,
             start_ticks=child.start_ticks,

@@ -44,5 +44,9 @@ class LockHeld(ReconcilerError):
         super().__init__(f"{path}: state directory is locked by {holder}")
 
 
+class StateError(ReconcilerError):
+    """The state directory, or a file the reconciler keeps in it, cannot be used."""
+
+
 class UsageError(ReconcilerError):
     """Bad command-line input (unknown unit name, bad path)."""

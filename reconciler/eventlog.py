@@ -24,7 +24,9 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import orjson
 
+from .errors import StateError
 from .model import iso_utc
+from .statedir import make_dir
 
 LOCK_SUFFIX = ".lock"
 FOLLOW_POLL_SECONDS = 0.2
@@ -55,10 +57,16 @@ class EventLog:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.keep = keep
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(self.path.parent, "the state directory")
         # flock excludes other open files, not other threads sharing this one.
         self._thread_lock = threading.Lock()
-        self._lock_fd = os.open(lock_path(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._lock_fd = -1
+        try:
+            self._lock_fd = os.open(lock_path(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.close(self._open_live())  # one that cannot be written says so now, not at the first event
+        except OSError as exc:
+            self.close()
+            raise StateError(f"{exc.filename}: cannot write the event log: {exc.strerror}") from None
 
     def append(self, event: str, unit: str | None = None, *, ts: float | None = None, **fields: Any) -> None:
         self._write([format_event(event, unit, ts=ts, **fields)])

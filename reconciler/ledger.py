@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import sqlite3
+import stat
 import threading
 import urllib.parse
 from pathlib import Path
@@ -28,7 +30,9 @@ from typing import Any, Iterable, Iterator
 import attrs
 import orjson
 
+from .errors import StateError
 from .model import Handle, Health, Spec, SpecProblem, UnitRecord, UnitState, spec_from_dict, spec_to_dict
+from .statedir import make_dir
 
 # Long enough to outlast any one write of the other process (a pass saves
 # thousands of rows in well under a second); short enough to report a wedged peer.
@@ -167,19 +171,30 @@ class Ledger:
         self._lock = threading.Lock()
         self._specs = SpecMemo()
         if _readonly:
-            uri = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
+            target, uri = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=ro", True
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
-        self._conn = conn
-        if not _readonly:
-            conn.execute("PRAGMA journal_mode=wal")
-            # Safe in WAL mode (no corruption on power loss, at worst the last
-            # commits are lost) and it spares an fsync per pass.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                self._create_or_migrate()
+            make_dir(self.path.parent, "the state directory")
+            target, uri = str(self.path), False
+        conn = None
+        try:
+            conn = self._conn = sqlite3.connect(target, uri=uri, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
+            self._prepare()
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise StateError(f"{self.path}: cannot open the ledger: {exc}") from None
+
+    def _prepare(self) -> None:
+        """Reads the schema version first: a file that is no database says so here, not mid-command."""
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if self.readonly:
+            return
+        self._conn.execute("PRAGMA journal_mode=wal")
+        # Safe in WAL mode (no corruption on power loss, at worst the last
+        # commits are lost) and it spares an fsync per pass.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        if version < SCHEMA_VERSION:
+            self._create_or_migrate()
 
     def _create_or_migrate(self) -> None:
         """The schema at SCHEMA_VERSION: written out on a new file, else by the missing migrations.
@@ -208,8 +223,14 @@ class Ledger:
     @classmethod
     def open_readonly(cls, path: Path) -> "Ledger | None":
         """The ledger for `status` and friends: None if there is none yet (nothing is created)."""
-        if not Path(path).is_file():
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
             return None
+        except OSError as exc:  # NotADirectoryError: the state "directory" is a file
+            raise StateError(f"{path}: cannot open the ledger: {exc.strerror}") from None
+        if not stat.S_ISREG(mode):
+            raise StateError(f"{path}: cannot open the ledger: not a regular file")
         return cls(path, _readonly=True)
 
     # --- units -----------------------------------------------------------------

@@ -53,6 +53,7 @@ from .plan import IN_PLACE, STOP, Action, Plan, effective_desired, plan
 from .reaper import Reaper, signal_receiver
 from .settings import Settings
 from .specs import SpecReader, is_spec_name
+from .statedir import make_dir
 from .written import WrittenFiles
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class Reconciler:
         self.reader = SpecReader(
             settings.specs_dir, allow_insecure=settings.allow_insecure_specs, trusted_uids=settings.trusted_uids()
         )
+        # Made at once: watched from the first log check, before any unit writes.
+        make_dir(settings.state_dir / LOGS_DIR, "the units' log directory")
         self.ledger = Ledger(settings.ledger_path)
         self.events = EventLog(settings.events_path, max_bytes=settings.events_max_bytes, keep=settings.events_keep)
         self.drivers = DriverSet(settings.state_dir, settings.driver)
@@ -541,9 +544,7 @@ class Reconciler:
 
         Only the files written since the last check are looked at (when that is known).
         """
-        logs = self.settings.state_dir / LOGS_DIR
-        logs.mkdir(parents=True, exist_ok=True)  # watched from the first check, before any unit writes
-        written = WrittenFiles(str(logs))
+        written = WrittenFiles(str(self.settings.state_dir / LOGS_DIR))
         try:
             while True:
                 await self._rotate_logs(written.take())

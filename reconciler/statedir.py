@@ -6,13 +6,27 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import LockHeld
+from .errors import LockHeld, StateError
 
 
 def ensure_state_dir(path: Path) -> None:
     """Create the directory 0700: it holds logs and exit records of every unit."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
+    make_dir(path, "the state directory", mode=0o700)
+    try:
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise StateError(f"{path}: cannot make the state directory private: {exc.strerror}") from None
+
+
+def make_dir(path: Path, what: str, *, mode: int = 0o777) -> None:
+    """Create `path` (and its parents) if missing. One that cannot be is a one-line
+    StateError naming it, said before anything is started."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+    except FileExistsError:
+        raise StateError(f"{path}: {what} is not a directory") from None
+    except OSError as exc:
+        raise StateError(f"{path}: cannot create {what}: {exc.strerror}") from None
 
 
 class StateLock:
@@ -27,7 +41,10 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot lock the state directory: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

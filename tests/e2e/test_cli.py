@@ -7,8 +7,9 @@ import re
 import signal
 
 import orjson
+import pytest
 
-from tests.conftest import proc_alive, wait_until
+from tests.conftest import cmdline, pids_tagged, proc_alive, wait_until
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -43,6 +44,56 @@ def test_bad_input_is_one_line_never_a_traceback(rc):
     (rc.specs / "x.toml").unlink()
     out = rc.cli("--once", "--driver", "nosuch")
     assert "Traceback" not in out.stderr
+
+
+def _break_state(state, what: str):
+    """Leave the state directory unusable in one way; the path the error must name."""
+    if what == "state is a file":
+        state.write_text("")
+        return state
+    state.mkdir(mode=0o700)
+    broken = {"ledger is a directory": "ledger.db", "ledger is garbage": "ledger.db",
+              "event log is a directory": "events.jsonl", "logs is a file": "logs",
+              "lock is a directory": "lock"}[what]  # fmt: skip
+    path = state / broken
+    if what == "ledger is garbage":
+        path.write_bytes(b"not a database " * 200)
+    elif what == "logs is a file":
+        path.write_text("")
+    else:
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["state is a file", "ledger is a directory", "ledger is garbage", "event log is a directory",
+     "logs is a file", "lock is a directory"],
+)  # fmt: skip
+def test_an_unusable_state_directory_is_one_line_naming_it_and_nothing_starts(rc, what):
+    rc.spec("st.toml", 'command = ["sleep", "9251"]\n')
+    path = _break_state(rc.state, what)
+    commands = [("--once",), ("status",), ("plan",)] if "ledger" in what or what == "state is a file" else [("--once",)]
+    for args in commands:
+        out = rc.cli(*args)
+        assert out.returncode == 1, (args, out.stdout, out.stderr)
+        assert "Traceback" not in out.stderr, (args, out.stderr)
+        assert out.stderr.startswith(f"reconciler: {path}") and len(out.stderr.splitlines()) == 1, (args, out.stderr)
+    assert pids_tagged(rc.tag) == []
+
+
+def test_a_start_that_cannot_write_its_state_backs_off_and_the_daemon_stays_up(rc):
+    """Where the driver keeps its exit records is a file: each start fails with a clear reason, and is retried."""
+    rc.state.mkdir(mode=0o700)
+    (rc.state / "run").write_text("")
+    rc.spec("rs.toml", 'command = ["sleep", "9252"]\n[restart]\nbackoff_max = "200ms"\n')
+    daemon = rc.start_daemon()
+    unit = rc.wait_unit("rs", state="backoff")
+    assert f"{rc.state / 'run'}" in unit["message"] and "Not a directory" in unit["message"], unit
+    assert daemon.poll() is None
+    assert not [pid for pid in pids_tagged(rc.tag) if cmdline(pid) == ["sleep", "9252"]]
+    (rc.state / "run").unlink()
+    rc.wait_unit("rs", state="running")
 
 
 def test_events_filter_and_json(rc):
