@@ -15,6 +15,7 @@ from pathlib import Path
 
 import attrs
 
+from .cycles import dependency_cycles
 from .errors import SpecError
 from .model import SPEC_FORMATS, Desired, Spec, SpecProblem
 
@@ -234,7 +235,7 @@ def _scan(root: str) -> _Scan:
 
 
 def _assemble(outcomes: Iterable[Outcome], problems: Iterable[SpecProblem], complete: bool) -> Desired:
-    """Specs by name; a name claimed by several files is a problem in each of them."""
+    """Specs by name; a name claimed by several files, or a unit on a dependency cycle, is a problem in its file."""
     claims: dict[str, list[Spec]] = {}
     all_problems = list(problems)
     for outcome in outcomes:
@@ -252,6 +253,9 @@ def _assemble(outcomes: Iterable[Outcome], problems: Iterable[SpecProblem], comp
             from .convert import quote
 
             all_problems.append(SpecProblem(spec.path, f"name: duplicate unit name {quote(name)} (also in {others})"))
+    # A cycle could never start: each of its units would wait for the next for ever.
+    for name, cycle in dependency_cycles({name: spec.depends_on for name, spec in specs.items()}).items():
+        all_problems.append(SpecProblem(specs.pop(name).path, f"depends_on: {cycle}"))
     return Desired(
         specs=specs,
         problems=tuple(sorted(all_problems, key=lambda p: (p.path, p.error))),

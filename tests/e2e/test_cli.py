@@ -96,6 +96,23 @@ def test_a_start_that_cannot_write_its_state_backs_off_and_the_daemon_stays_up(r
     rc.wait_unit("rs", state="running")
 
 
+def test_a_dependency_cycle_is_reported_and_the_last_good_specs_stay_in_force(rc):
+    rc.spec("base.toml", 'command = ["sleep", "9261"]\n')
+    rc.spec("top.toml", 'command = ["sleep", "9262"]\ndepends_on = ["base"]\n')
+    rc.cli("--once", check=0)
+    before = {u["name"]: u["pid"] for u in rc.status()["units"]}
+    rc.spec("base.toml", 'command = ["sleep", "9263"]\ndepends_on = ["top"]\n')
+    out = rc.cli("validate")
+    assert out.returncode == 1 and "base.toml: depends_on: dependency cycle base → top → base" in out.stdout + out.stderr
+    rc.cli("--once", check=3)
+    report = rc.status()
+    assert {u["name"]: (u["state"], u["pid"]) for u in report["units"]} == {n: ("running", p) for n, p in before.items()}
+    assert sorted(p["error"] for p in report["invalid_specs"]) == [
+        "depends_on: dependency cycle base → top → base",
+        "depends_on: dependency cycle top → base → top",
+    ]
+
+
 def test_events_filter_and_json(rc):
     rc.spec("ev.toml", 'command = ["sleep", "9301"]\n')
     rc.cli("--once", check=0)

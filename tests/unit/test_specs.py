@@ -404,6 +404,20 @@ def test_duplicate_names_invalidate_every_claimant(specs_dir: Path) -> None:
     )
 
 
+def test_a_dependency_cycle_invalidates_each_unit_on_it(specs_dir: Path) -> None:
+    a = write(specs_dir / "a.toml", 'command = ["a"]\ndepends_on = ["b"]\n')
+    b = write(specs_dir / "b.yaml", "command: [b]\ndepends_on: [a]\n")
+    write(specs_dir / "c.toml", 'command = ["c"]\ndepends_on = ["a"]\n')
+    write(specs_dir / "db.toml", 'command = ["db"]\n')
+    desired = SpecReader(specs_dir).read()
+    assert sorted(desired.specs) == ["c", "db"]  # c waits for a, as for any unit not running
+    assert desired.problems == (
+        SpecProblem(str(a), "depends_on: dependency cycle a → b → a"),
+        SpecProblem(str(b), "depends_on: dependency cycle b → a → b"),
+    )
+    assert validate_paths([specs_dir])[1] == list(desired.problems)
+
+
 def test_missing_specs_dir_is_incomplete(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     assert SpecReader(missing).read() == incomplete(missing, "specs directory does not exist")
