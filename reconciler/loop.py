@@ -32,6 +32,7 @@ import attrs
 
 from . import __version__
 from .apply import carry_out
+from .cycles import dependency_cycles
 from .driver import DriverSet
 from .errors import DriverError, DriverUnavailable
 from .eventlog import EventLog
@@ -429,7 +430,8 @@ class Reconciler:
         """The key-only pass after spec files changed: plan and act on the units they now hold, alone.
 
         A file is taken only if it holds a valid spec whose name no other file
-        claims; removals, problems and renamed units wait for the whole pass.
+        claims and that closes no dependency cycle; removals, problems and renamed
+        units wait for the whole pass.
         """
         async with self._pass_lock:
             desired = self._desired
@@ -441,6 +443,10 @@ class Reconciler:
                 for spec in self._read_changed(paths)
                 if spec.name not in in_flight and not self.reader.claimed_elsewhere(spec)
             }
+            if any(spec.depends_on for spec in taken.values()):
+                everything = {**desired.specs, **taken}
+                on_cycles = dependency_cycles({name: spec.depends_on for name, spec in everything.items()})
+                taken = {name: spec for name, spec in taken.items() if name not in on_cycles}
             if not taken:
                 return
             now = self.clock()

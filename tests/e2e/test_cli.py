@@ -113,6 +113,18 @@ def test_a_dependency_cycle_is_reported_and_the_last_good_specs_stay_in_force(rc
     ]
 
 
+def test_a_daemon_keeps_the_last_good_spec_of_a_file_that_closes_a_cycle(rc):
+    """The file's own change is not acted on alone (a key-only pass): the whole pass reports it."""
+    rc.spec("base.toml", 'command = ["sleep", "9264"]\n')
+    rc.spec("top.toml", 'command = ["sleep", "9265"]\ndepends_on = ["base"]\n')
+    rc.start_daemon()
+    rc.wait_unit("top", state="running")
+    before = {u["name"]: u["pid"] for u in rc.status()["units"]}
+    rc.spec("base.toml", 'command = ["sleep", "9266"]\ndepends_on = ["top"]\n')
+    report = wait_until(lambda: (r := rc.status())["invalid_specs"] and r, what="the cycle reported")
+    assert {u["name"]: (u["state"], u["pid"]) for u in report["units"]} == {n: ("running", p) for n, p in before.items()}
+
+
 def test_events_filter_and_json(rc):
     rc.spec("ev.toml", 'command = ["sleep", "9301"]\n')
     rc.cli("--once", check=0)
