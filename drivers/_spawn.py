@@ -53,6 +53,8 @@ class Ids:
     uid: int | None
     gid: int | None
     groups: tuple[int, ...]
+    # The user's own HOME, USER, LOGNAME and SHELL (from passwd), as login and systemd's User= set them.
+    login_env: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen
@@ -69,9 +71,12 @@ class Spawned:
     argv: tuple[str, ...]  # the shim's own argv, to recognise it in /proc/PID/cmdline
 
 
-def unit_environment(spec: Spec) -> dict[bytes, bytes]:
-    """The reconciler's environment overlaid with the spec's (as bytes: the form exec takes)."""
-    return {**os.environb, **{os.fsencode(k): os.fsencode(v) for k, v in spec.env_dict.items()}}
+def unit_environment(spec: Spec, ids: Ids | None = None) -> dict[bytes, bytes]:
+    """The reconciler's environment, then the unit user's login variables, then the spec's env
+    (as bytes: the form exec takes). A unit run as another user never sees root's HOME."""
+    login = ids.login_env if ids is not None else ()
+    overlay = {**dict(login), **spec.env_dict}
+    return {**os.environb, **{os.fsencode(k): os.fsencode(v) for k, v in overlay.items()}}
 
 
 def check_cwd(spec: Spec) -> None:
@@ -105,6 +110,7 @@ def resolve_ids(spec: Spec) -> Ids | None:
         raise DriverError("user/group: the reconciler must run as root to change them", transient=False)
     uid = gid = None
     groups: tuple[int, ...] = ()
+    login_env: tuple[tuple[str, str], ...] = ()
     if spec.group is not None:
         gid = _lookup(grp.getgrnam, grp.getgrgid, spec.group, "group").gr_gid
     if spec.user is not None:
@@ -112,7 +118,8 @@ def resolve_ids(spec: Spec) -> Ids | None:
         uid = user.pw_uid
         gid = user.pw_gid if gid is None else gid
         groups = tuple(os.getgrouplist(user.pw_name, gid))
-    return Ids(uid=uid, gid=gid, groups=groups)
+        login_env = (("HOME", user.pw_dir), ("USER", user.pw_name), ("LOGNAME", user.pw_name), ("SHELL", user.pw_shell))
+    return Ids(uid=uid, gid=gid, groups=groups, login_env=login_env)
 
 
 def _lookup(by_name, by_id, value: str, what: str):

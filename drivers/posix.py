@@ -270,7 +270,7 @@ class PosixDriver(Driver):
             keeper = self._ensure_keeper()
             ident = self._start_direct(launch, await self._spawn(launch), keeper)
         else:
-            ident = await self._start_under_shim(launch, _spawn.unit_environment(spec), ids)
+            ident = await self._start_under_shim(launch, _spawn.unit_environment(spec, ids), ids)
         return Handle(
             driver=self.name,
             unit=spec.name,

@@ -645,7 +645,7 @@ async def test_a_user_unit_runs_with_that_users_ids_and_its_shim_still_records(s
     driver = PosixDriver(open_state_dir)
     shim.drivers.append(driver)
     script = "while [ ! -e release ]; do sleep 0.01; done; exit 7"
-    spec = shim.spec(["/bin/sh", "-c", script], cwd=open_state_dir, user="nobody")
+    spec = shim.spec(["/bin/sh", "-c", script], cwd=open_state_dir, user="nobody", env={"SHELL": "/bin/dash"})
     handle = await driver.start(shim.launch(spec))
     shim.track(handle.pid)
 
@@ -654,6 +654,11 @@ async def test_a_user_unit_runs_with_that_users_ids_and_its_shim_still_records(s
     assert status["Gid"].split() == [str(nobody.pw_gid)] * 4
     assert set(status["Groups"].split()) <= set(map(str, os.getgrouplist("nobody", nobody.pw_gid)))
     assert ignored_signals(handle.pid) == set()
+    # The user's own login variables, as systemd's User= sets them; the spec's env still wins.
+    with open(f"/proc/{handle.pid}/environ", "rb") as f:
+        environ = dict(item.decode().split("=", 1) for item in f.read().split(b"\0") if item)
+    assert (environ["HOME"], environ["USER"], environ["LOGNAME"]) == (nobody.pw_dir, "nobody", "nobody")
+    assert environ["SHELL"] == "/bin/dash"
 
     (open_state_dir / "release").touch()
     await driver.wait(handle)
