@@ -119,7 +119,7 @@ def _present(
         return _disabled(spec, rec, token)
     if rec.handle is not None:
         return _running(spec, rec, token, requested)
-    return _not_running(spec, rec, token, requested, records, now)
+    return _not_running(spec, rec, token, requested, desired, records, now)
 
 
 def _disabled(spec: Spec, rec: UnitRecord, token: str | None) -> tuple[UnitRecord, Action | None]:
@@ -156,6 +156,7 @@ def _not_running(
     rec: UnitRecord,
     token: str | None,
     requested: bool,
+    desired: Desired,
     records: Mapping[str, UnitRecord],
     now: float,
 ) -> tuple[UnitRecord, Action | None]:
@@ -176,7 +177,7 @@ def _not_running(
     else:
         reason, is_restart = fresh_reason, rec.started_at is not None
         rec = _with(rec, failures=0, restart_token=token or rec.restart_token)
-    waiting = _unmet_dependencies(spec, records)
+    waiting = _unmet_dependencies(spec, desired, records)
     if waiting:
         return _with(rec, spec=spec, state=UnitState.STARTING, message="waiting for " + waiting), None
     new = _with(rec, spec=spec, state=UnitState.STARTING, next_retry_at=None, message="")
@@ -202,12 +203,18 @@ def _fresh_start_reason(spec: Spec, rec: UnitRecord, requested: bool) -> str | N
     return None
 
 
-def _unmet_dependencies(spec: Spec, records: Mapping[str, UnitRecord]) -> str:
-    """The dependencies not yet running (or not yet healthy, if they have a check)."""
+def _unmet_dependencies(spec: Spec, desired: Desired, records: Mapping[str, UnitRecord]) -> str:
+    """The dependencies not yet running (or not yet healthy, if they have a check).
+
+    One that no spec names is waited for too (its file may come), but said so, when the
+    whole specs directory was read (a key-only pass reads only its own files).
+    """
     missing = []
     for dep in spec.depends_on:
         rec = records.get(dep)
-        if rec is None or rec.state is not UnitState.RUNNING:
+        if rec is None and desired.complete and dep not in desired.specs:
+            missing.append(f"{dep} (no such unit)")
+        elif rec is None or rec.state is not UnitState.RUNNING:
             missing.append(f"{dep} (not running)")
         elif rec.spec is not None and rec.spec.health is not None and rec.health is not Health.HEALTHY:
             missing.append(f"{dep} (not healthy)")

@@ -191,6 +191,8 @@ def test_dependencies_gate_starts():
     assert p.records["app"].message == "waiting for db (not running)"
     p2 = plan(desired(db, app), {"db": running(db)}, NOW)
     assert kinds(p2) == [(START, "app")]
+    p3 = plan(desired(app), {}, NOW)  # no spec names db (yet): app waits, and says why
+    assert kinds(p3) == [] and p3.records["app"].message == "waiting for db (no such unit)"
 
 
 def test_unhealthy_dependency_gates_start():
