@@ -444,8 +444,10 @@ class Reconciler:
                 if spec.name not in in_flight and not self.reader.claimed_elsewhere(spec)
             }
             if any(spec.depends_on for spec in taken.values()):
-                everything = {**desired.specs, **taken}
-                on_cycles = dependency_cycles({name: spec.depends_on for name, spec in everything.items()})
+                # Against what the files say now, not the specs in force: a unit already on a
+                # cycle runs its last good spec, while its file still closes the cycle.
+                files = {spec.name: spec for _key, spec in self.reader.fingerprints().values()}
+                on_cycles = dependency_cycles({name: spec.depends_on for name, spec in {**files, **taken}.items()})
                 taken = {name: spec for name, spec in taken.items() if name not in on_cycles}
             if not taken:
                 return

@@ -123,6 +123,12 @@ def test_a_daemon_keeps_the_last_good_spec_of_a_file_that_closes_a_cycle(rc):
     rc.spec("base.toml", 'command = ["sleep", "9266"]\ndepends_on = ["top"]\n')
     report = wait_until(lambda: (r := rc.status())["invalid_specs"] and r, what="the cycle reported")
     assert {u["name"]: (u["state"], u["pid"]) for u in report["units"]} == {n: ("running", p) for n, p in before.items()}
+    # Changed again, still on the cycle: its file is what counts, not the last good spec in force.
+    last = report["reconciler"]["last_pass"]["finished_at"]
+    rc.spec("top.toml", 'command = ["sleep", "9267"]\ndepends_on = ["base"]\n')
+    report = wait_until(lambda: (r := rc.status())["reconciler"]["last_pass"]["finished_at"] != last and r, what="a pass")
+    assert {u["name"]: (u["state"], u["pid"]) for u in report["units"]} == {n: ("running", p) for n, p in before.items()}
+    assert len(report["invalid_specs"]) == 2
 
 
 def test_events_filter_and_json(rc):
