@@ -32,7 +32,6 @@ import attrs
 
 from . import __version__
 from .apply import carry_out
-from .cycles import dependency_cycles
 from .driver import DriverSet
 from .errors import DriverError, DriverUnavailable
 from .eventlog import EventLog
@@ -438,17 +437,13 @@ class Reconciler:
             if self.stopping or desired is None:
                 return
             in_flight = self._in_flight()
-            taken = {
-                spec.name: spec
+            candidates = [
+                spec
                 for spec in self._read_changed(paths)
                 if spec.name not in in_flight and not self.reader.claimed_elsewhere(spec)
-            }
-            if any(spec.depends_on for spec in taken.values()):
-                # Against what the files say now, not the specs in force: a unit already on a
-                # cycle runs its last good spec, while its file still closes the cycle.
-                files = {spec.name: spec for _key, spec in self.reader.fingerprints().values()}
-                on_cycles = dependency_cycles({name: spec.depends_on for name, spec in {**files, **taken}.items()})
-                taken = {name: spec for name, spec in taken.items() if name not in on_cycles}
+            ]
+            on_cycles = self.reader.on_dependency_cycles(candidates)
+            taken = {spec.name: spec for spec in candidates if spec.name not in on_cycles}
             if not taken:
                 return
             now = self.clock()

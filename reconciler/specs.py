@@ -95,6 +95,17 @@ class SpecReader:
             for path, c in self._cache.items()
         )
 
+    def on_dependency_cycles(self, specs: Iterable[Spec]) -> set[str]:
+        """The names among `specs` that close a dependency cycle with what the other files held
+        when last read: the files count, not the specs in force (a unit already on a cycle runs
+        its last good spec while its file still closes the cycle)."""
+        specs = list(specs)
+        if not any(spec.depends_on for spec in specs):
+            return set()  # a cycle through a unit leaves it by one of its dependencies
+        files = {c.outcome.name: c.outcome for c in self._cache.values() if isinstance(c.outcome, Spec)}
+        cycles = _cycles_among({**files, **{spec.name: spec for spec in specs}})
+        return {spec.name for spec in specs if spec.name in cycles}
+
     def read(self) -> Desired:
         outcomes, scan = self._collect()
         return _assemble(outcomes.values(), scan.problems, scan.complete)
@@ -254,13 +265,18 @@ def _assemble(outcomes: Iterable[Outcome], problems: Iterable[SpecProblem], comp
 
             all_problems.append(SpecProblem(spec.path, f"name: duplicate unit name {quote(name)} (also in {others})"))
     # A cycle could never start: each of its units would wait for the next for ever.
-    for name, cycle in dependency_cycles({name: spec.depends_on for name, spec in specs.items()}).items():
+    for name, cycle in _cycles_among(specs).items():
         all_problems.append(SpecProblem(specs.pop(name).path, f"depends_on: {cycle}"))
     return Desired(
         specs=specs,
         problems=tuple(sorted(all_problems, key=lambda p: (p.path, p.error))),
         complete=complete,
     )
+
+
+def _cycles_among(specs: dict[str, Spec]) -> dict[str, str]:
+    """Each unit on a dependency cycle among `specs` -> the cycle, as its error says it."""
+    return dependency_cycles({name: spec.depends_on for name, spec in specs.items()})
 
 
 def validate_paths(
