@@ -60,10 +60,11 @@ log = logging.getLogger(__name__)
 
 # --once keeps passing while passes still act (dependency chains start level by level).
 ONCE_MAX_PASSES = 20
-# While actions are in flight, passes are spaced so they take at most a fifth of the
-# time: a thousand starts finishing one by one must not cost a thousand full passes.
-BURST_PACING = 4.0
-MAX_PACING = 0.25  # seconds: pacing never delays a pass by more than this (exits have key-only passes)
+# While actions are in flight, passes are spaced so they take at most a tenth of the
+# time: a thousand starts finishing one by one must not cost a thousand full passes,
+# and a pass in a burst only folds outcomes in while the starts wait for the GIL.
+BURST_PACING = 10.0
+MAX_PACING = 1.0  # seconds: pacing never delays a pass by more than this (exits have key-only passes)
 # How long a change to files that are never specs waits for its pass (see _specs_changed).
 LATE_POKE = 0.05
 # A daemon checks unit log files for rotation this often (those written since the last check).
