@@ -170,11 +170,22 @@ class Reconciler:
         while not self.stopping:
             wakes = [t for t in (result.plan.wake_at, self.health_wake()) if t is not None]
             await self._sleep(min(wakes, default=None))
-            if self._busy and not self.stopping:
-                await anyio.sleep(min(BURST_PACING * (result.finished_at - result.started_at), MAX_PACING))
+            await self._pace(result)
             if not self.stopping:
                 result = await self.run_pass()
         return result
+
+    async def _pace(self, last: PassResult) -> None:
+        """While actions are in flight, hold the next pass back (BURST_PACING).
+
+        Pokes keep coming (each finished action), but only the last action's end,
+        or a stop, ends the wait early: records then show the burst's outcome at
+        once, and SIGTERM is never held up.
+        """
+        with anyio.move_on_after(min(BURST_PACING * (last.finished_at - last.started_at), MAX_PACING)):
+            while self._busy and not self.stopping:
+                await self._wakeup.wait()
+                self._wakeup = anyio.Event()
 
     async def _converge_once(self) -> PassResult:
         result = await self.run_pass()
