@@ -29,6 +29,8 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+_Watches = tuple[tuple[str, str, bool], ...]
+
 # Changes only. Opens and read-only closes are left out of the kernel's watch
 # itself: every file the reader parses would otherwise come back as two events,
 # each handled in watchdog's thread while the GIL is wanted for parsing.
@@ -46,12 +48,22 @@ CHANGES = [
 
 
 class _Poker(FileSystemEventHandler):
-    """Runs in watchdog's thread: notes the paths and writes one byte to a pipe the loop waits on."""
+    """Runs in watchdog's thread: notes the paths and writes one byte to a pipe the loop waits on.
+
+    A watch is set on where a path really leads (the kernel's watch of a symbolic
+    link would see the link, not the directory); its events are named again by
+    the path the loop knows.
+    """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._lock = threading.Lock()
         self._paths: set[str] = set()
+        self._known_as: dict[str, str] = {}  # watched real directory -> the path the loop knows it by
+
+    def name_as(self, known_as: dict[str, str]) -> None:
+        with self._lock:
+            self._known_as = known_as
 
     def take(self) -> set[str]:
         """The paths named since the last call."""
@@ -62,15 +74,28 @@ class _Poker(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
             with self._lock:
-                self._paths.update(os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p)
+                for path in (event.src_path, getattr(event, "dest_path", "")):
+                    if path:
+                        self._paths.add(self._as_known(os.fsdecode(path)))
         try:
             os.write(self.fd, b"!")
         except BlockingIOError:
             pass  # a poke is already pending: pokes coalesce
 
+    def _as_known(self, path: str) -> str:
+        for real, known in self._known_as.items():
+            if path.startswith(real + os.sep):
+                return known + path[len(real) :]
+        return path
+
 
 class SpecWatcher:
-    """Watch `specs_dir` recursively; if it does not exist yet, watch the nearest parent until it does."""
+    """Watch `specs_dir` recursively; if it does not exist yet, watch the nearest parent until it does.
+
+    A symbolic link on the way to it is watched too, in the directory holding it:
+    git-sync and Kubernetes volumes deploy a new revision by swapping a link
+    atomically, and the kernel's watch follows the link to the old revision.
+    """
 
     def __init__(self, specs_dir: Path, on_change: Callable[[set[str]], Awaitable[None]]) -> None:
         """`on_change` is awaited with the paths of the files that changed (maybe none: a directory)."""
@@ -82,21 +107,18 @@ class SpecWatcher:
         observer = Observer()
         observer.daemon = True
         handler = _Poker(write_fd)
-        watched: str | None = None
         observer.start()
         try:
+            watched = self._rewatch(observer, handler, None)
             while True:
-                target = self._target()
-                if target != watched:
-                    observer.unschedule_all()
-                    observer.schedule(handler, target, recursive=target == str(self.specs_dir), event_filter=CHANGES)
-                    watched = target
                 await anyio.wait_readable(read_fd)
                 try:
                     while os.read(read_fd, 4096):
                         pass
                 except BlockingIOError:
                     pass
+                # Before the loop is told: the pass it runs then reads what the new watches cover.
+                watched = self._rewatch(observer, handler, watched)
                 await self.on_change(handler.take())
         finally:
             observer.stop()
@@ -104,8 +126,23 @@ class SpecWatcher:
             os.close(read_fd)
             os.close(write_fd)
 
-    def _target(self) -> str:
+    def _rewatch(self, observer: Observer, handler: _Poker, watched: _Watches | None) -> _Watches:
+        """Point the watches where `_watches` says, if that changed since `watched`."""
+        wanted = self._watches()
+        if wanted != watched:
+            observer.unschedule_all()
+            handler.name_as({real: path for path, real, recursive in wanted if recursive and real != path})
+            for _path, real, recursive in wanted:
+                observer.schedule(handler, real, recursive=recursive, event_filter=CHANGES)
+        return wanted
+
+    def _watches(self) -> _Watches:
+        """(path, where it really leads, recursive): the specs dir, or its nearest existing parent,
+        and the directory of every symbolic link on the way to it."""
         path = self.specs_dir
         while not path.is_dir() and path != path.parent:
             path = path.parent
-        return str(path)
+        watches = [(str(path), os.path.realpath(path), path == self.specs_dir)]
+        for link in (p for p in (path, *path.parents) if p.is_symlink()):
+            watches.append((str(link.parent), os.path.realpath(link.parent), False))
+        return tuple(watches)

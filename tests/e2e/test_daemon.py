@@ -162,6 +162,36 @@ def test_a_new_spec_file_is_started_before_the_whole_pass(rc):
     assert len(rc.events("unit.started", unit="new")) == 1
 
 
+def test_specs_behind_a_symbolic_link_are_watched_across_swaps(rc):
+    """As git-sync and Kubernetes volumes deploy: the specs path is a link, renamed over atomically."""
+    root = rc.specs.parent
+    for rev, argument in (("rev1", "4701"), ("rev2", "4702")):
+        (root / rev).mkdir()
+        (root / rev / "web.toml").write_text(sleeper(argument))
+    (root / "rev2" / "api.toml").write_text(sleeper("4703"))
+    deploy = root / "deploy"
+    deploy.symlink_to("rev1")
+    rc.env["RECONCILER_SPECS"] = str(deploy)
+    rc.start_daemon("--resync", "3600")  # only the watcher can bring a change in time
+    first = rc.wait_unit("web", state="running")
+
+    (deploy / "db.toml").write_text(sleeper("4704"))  # a change behind the link
+    db = rc.wait_unit("db", state="running")
+
+    (root / "next").symlink_to("rev2")
+    os.rename(root / "next", deploy)  # the new revision: web changed, api added, db removed
+    api = rc.wait_unit("api", state="running")
+    web = wait_until(lambda: (u := rc.unit("web")) and u["pid"] != first["pid"] and u["state"] == "running" and u)
+    wait_until(lambda: rc.unit("db") is None, what="db forgotten")
+    assert cmdline(api["pid"]) == ["sleep", "4703"] and cmdline(web["pid"]) == ["sleep", "4702"]
+    assert not proc_alive(db["pid"])
+
+    (deploy / "web.toml").write_text(sleeper("4705"))  # a change in the new revision
+    wait_until(lambda: (u := rc.unit("web")) and u["pid"] != web["pid"] and u["state"] == "running" and u)
+    assert cmdline(rc.unit("web")["pid"]) == ["sleep", "4705"]
+    assert rc.unit("web")["spec_path"] == str(deploy / "web.toml")
+
+
 def test_a_new_file_claiming_a_running_units_name_starts_nothing(rc):
     rc.spec("a.toml", 'name = "same"\n' + sleeper("4301"))
     rc.start_daemon()

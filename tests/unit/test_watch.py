@@ -107,3 +107,27 @@ async def test_every_way_of_changing_a_spec_is_reported(seen: Seen, tmp_path: Pa
 
     (specs / "team").mkdir()  # a new directory is watched too, once its creation is seen
     await seen.write_until_told(specs / "team" / "api.toml", 'name = "api"\n')
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("link_at", ["specs", "parent"])
+async def test_a_revision_swapped_in_by_a_symbolic_link_is_watched(tmp_path: Path, link_at: str) -> None:
+    """git-sync and Kubernetes volumes deploy by renaming a new link over the old one."""
+    for rev in ("rev1", "rev2"):
+        (tmp_path / rev / "specs").mkdir(parents=True)
+    target = "rev1/specs" if link_at == "specs" else "rev1"
+    (tmp_path / "current").symlink_to(target)
+    specs = tmp_path / "current" if link_at == "specs" else tmp_path / "current" / "specs"
+    found = Seen()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(SpecWatcher(specs, found.on_change).run)
+        await found.write_until_told(specs / "ready.toml", "")
+
+        (tmp_path / "next").symlink_to(target.replace("rev1", "rev2"))
+        os.rename(tmp_path / "next", tmp_path / "current")
+
+        # The swap is seen, and files of the new revision are reported: not only at the next
+        # resync, as when the watch stayed where the old link led.
+        await found.write_until_told(specs / "web.toml", 'name = "web"\n')
+        assert (tmp_path / "rev2" / "specs" / "web.toml").exists()
+        tasks.cancel_scope.cancel()
