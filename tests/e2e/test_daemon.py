@@ -192,6 +192,22 @@ def test_specs_behind_a_symbolic_link_are_watched_across_swaps(rc):
     assert rc.unit("web")["spec_path"] == str(deploy / "web.toml")
 
 
+def test_a_kubernetes_style_volume_update_is_applied_at_once(rc):
+    """A ConfigMap volume: each spec is a link into `..data`, itself a link swapped to a new directory."""
+    for rev, argument in (("..rev1", "4801"), ("..rev2", "4802")):
+        (rc.specs / rev).mkdir()
+        (rc.specs / rev / "web.toml").write_text(sleeper(argument))
+    (rc.specs / "..data").symlink_to("..rev1")
+    (rc.specs / "web.toml").symlink_to("..data/web.toml")
+    rc.start_daemon("--resync", "3600")  # only the watcher can bring the change in time
+    first = rc.wait_unit("web", state="running")
+
+    (rc.specs / "..data_tmp").symlink_to("..rev2")
+    os.rename(rc.specs / "..data_tmp", rc.specs / "..data")
+    web = wait_until(lambda: (u := rc.unit("web")) and u["pid"] != first["pid"] and u["state"] == "running" and u)
+    assert cmdline(web["pid"]) == ["sleep", "4802"]
+
+
 def test_a_new_file_claiming_a_running_units_name_starts_nothing(rc):
     rc.spec("a.toml", 'name = "same"\n' + sleeper("4301"))
     rc.start_daemon()
