@@ -182,10 +182,9 @@ class Reconciler:
         or a stop, ends the wait early: records then show the burst's outcome at
         once, and SIGTERM is never held up.
         """
-        with anyio.move_on_after(min(BURST_PACING * (last.finished_at - last.started_at), MAX_PACING)):
-            while self._busy and not self.stopping:
-                await self._wakeup.wait()
-                self._wakeup = anyio.Event()
+        until = self.clock() + min(BURST_PACING * (last.finished_at - last.started_at), MAX_PACING)
+        while self._busy and not self.stopping and self.clock() < until:
+            await self._sleep(until)
 
     async def _converge_once(self) -> PassResult:
         result = await self.run_pass()
