@@ -13,6 +13,7 @@ import pwd
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import attrs
@@ -237,6 +238,20 @@ def pin_child(pid: int) -> tuple[int, int]:
     return pidfd, stat.start_ticks
 
 
+def await_argv_published(pid: int, pidfd: int) -> None:
+    """Return once /proc shows the command's argv (or the command has ended).
+
+    posix_spawn returns as soon as the exec is past its point of no return; the
+    kernel publishes the new argv and environment a moment later (on busy CPUs,
+    one start in ten or more is caught in between). Until then /proc/PID/cmdline reads
+    empty: the start is not yet what anyone looking at /proc would call running.
+    """
+    delay = 0.00005
+    while not _linux.read_cmdline(pid) and not _linux.exited([pidfd]):
+        time.sleep(delay)
+        delay = min(delay * 2, 0.001)
+
+
 @attrs.frozen
 class Direct:
     """A command spawned without a shim: our child, exec'd, pinned by a pidfd the caller owns."""
@@ -279,6 +294,7 @@ def spawn_direct(launch: Launch) -> Direct:
                 stderr=fds[1],
             )
             pidfd, start_ticks = pin_child(pid)
+        await_argv_published(pid, pidfd)
     except OSError as exc:
         check_cwd(spec)
         # As under the shim: the file may be fixed without the spec changing, so it is retried.

@@ -12,6 +12,7 @@ import pwd
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -360,6 +361,22 @@ async def test_a_direct_start_runs_the_command_itself_as_our_child_and_session_l
     assert (fields["ppid"], fields["pgid"], fields["sid"]) == (os.getpid(), handle.pid, handle.pid)
     assert handle.data["shim_pid"] is None
     assert not (direct.state_dir / "run" / "unit").exists()  # nothing is written until it exits
+
+
+async def test_a_direct_start_returns_once_proc_shows_its_argv_even_with_every_cpu_busy(direct):
+    """posix_spawn returns a moment before the kernel publishes the new argv; the start waits for it.
+
+    On busy CPUs that moment is not rare: without the wait, about one start in three is caught in it.
+    """
+    busy = [subprocess.Popen(["/bin/sh", "-c", "while :; do :; done"]) for _ in os.sched_getaffinity(0)]
+    try:
+        for i in range(20):
+            handle = await direct.start(["sleep", "1000", str(i)])
+            assert cmdline(handle.pid) == ["sleep", "1000", str(i)]
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
 
 
 async def test_starts_launched_together_are_spawned_by_the_spawn_threads_and_each_gets_its_outcome(direct):
