@@ -25,32 +25,62 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
 
 def pids_tagged(tag: str) -> list[int]:
     """Processes whose environment carries `RECONCILER_TEST_TAG=tag` (everything a test spawned)."""
+    return _scan(tag)[0]
+
+
+def _scan(tag: str) -> tuple[list[int], bool]:
+    """The processes tagged `tag`, and whether some process was caught in the middle of an exec.
+
+    posix_spawn returns once the exec is past its point of no return, a moment
+    before the kernel publishes the new command line and environment: until then
+    both read empty, and a process just started is not yet seen to carry its tag.
+    """
     needle = f"RECONCILER_TEST_TAG={tag}".encode()
-    found = []
+    found, mid_exec = [], False
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(entry.name))
+                environ = f.read()
         except OSError:
             continue
-    return found
+        if needle in environ.split(b"\0"):
+            found.append(int(entry.name))
+        elif not environ and not mid_exec:
+            mid_exec = _is_execing(int(entry.name))
+    return found, mid_exec
 
 
 def kill_tagged(tag: str) -> None:
     """SIGKILL every process carrying the tag, and wait until they are gone."""
-    def alive() -> list[int]:
-        pids = pids_tagged(tag)
+    def left() -> bool:
+        pids, mid_exec = _scan(tag)
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        return [p for p in pids if _is_alive(p)]
+        return mid_exec or any(map(_is_alive, pids))
 
-    wait_until(lambda: not alive(), timeout=10, what=f"processes tagged {tag} to die")
+    wait_until(lambda: not left(), timeout=10, what=f"processes tagged {tag} to die")
+
+
+PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread (its environment is always empty)
+EXEC_WINDOW = 5.0  # seconds: a process this young with an empty environment is mid-exec, not started with none
+
+
+def _is_execing(pid: int) -> bool:
+    """Whether a process with an empty environment is a young user process (not a zombie or kernel thread)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+    except OSError:
+        return False
+    age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return fields[0] != b"Z" and not int(fields[6]) & PF_KTHREAD and age < EXEC_WINDOW
 
 
 def _is_alive(pid: int) -> bool:

@@ -1,4 +1,4 @@
-"""Pacing in a burst holds the next pass back, but never past a stop."""
+"""Pacing in a burst holds the next pass back, but never past the burst's end or a stop."""
 
 from __future__ import annotations
 
@@ -25,6 +25,18 @@ async def start_held_back(reconciler: Reconciler, tmp_path: Path, tag: str) -> P
     last = reconciler.last_pass
     assert last is not None
     return PassResult(last.plan, started_at=0.0, finished_at=3600.0, problems=())
+
+
+async def test_the_end_of_the_burst_ends_the_pacing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(loop, "MAX_PACING", 3600.0)
+    tag = uuid.uuid4().hex
+    async with reconciler_with_no_units(tmp_path, tag) as reconciler:
+        last = await start_held_back(reconciler, tmp_path, tag)
+        reconciler._limiter.release()  # the start goes ahead and finishes
+
+        with anyio.fail_after(DEADLINE):
+            await reconciler._pace(last)
+        assert not reconciler._busy
 
 
 async def test_a_stop_ends_the_pacing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
