@@ -35,11 +35,28 @@ class ProcStat(NamedTuple):
     pgid: int  # 0 (as sid) if read while the process was being reaped
     sid: int
     start_ticks: int  # field 22: start time after boot, in clock ticks
-    exit_status: int  # field 52: wait status of a zombie; 0 unless can_read_exit_status()
+    later: bytes  # fields 23..52 unsplit: most reads never need them
 
     @property
     def zombie(self) -> bool:
         return self.state in ("Z", "X")
+
+    @property
+    def exit_status(self) -> int:
+        """Field 52: the wait status of a zombie; 0 for a live process or unless can_read_exit_status()."""
+        if not self.zombie:
+            return 0
+        fields = self.later.split()
+        return int(fields[29]) if len(fields) > 29 else 0
+
+    @property
+    def args_published(self) -> bool:
+        """Whether an exec has laid out the new argv and environment (field 51, env_end, is set).
+
+        Shown only to readers allowed to ptrace the process (its parent, root); others read 0.
+        """
+        fields = self.later.split()
+        return len(fields) > 28 and fields[28] != b"0"
 
 
 def read_stat(pid: int) -> ProcStat | None:
@@ -48,20 +65,14 @@ def read_stat(pid: int) -> ProcStat | None:
     if raw is None:
         return None
     # comm (field 2) may hold spaces and parentheses: the fields after it start past the last ")".
-    # Fields 3..22 are split apart; the 30 after them are parsed only for a zombie's exit status.
     rest = raw[raw.rindex(b")") + 2 :].split(None, 20)
-    state = rest[0].decode()
-    exit_status = 0
-    if state in ("Z", "X"):
-        later = rest[20].split()
-        exit_status = int(later[29]) if len(later) > 29 else 0
     return ProcStat(
         pid=pid,
-        state=state,
+        state=rest[0].decode(),
         pgid=int(rest[2]),
         sid=int(rest[3]),
         start_ticks=int(rest[19]),
-        exit_status=exit_status,
+        later=rest[20] if len(rest) > 20 else b"",
     )
 
 

@@ -7,6 +7,7 @@ fails with a permanent DriverError instead of a shim that dies at once.
 from __future__ import annotations
 
 import fcntl
+import functools
 import grp
 import os
 import pwd
@@ -77,7 +78,14 @@ def unit_environment(spec: Spec, ids: Ids | None = None) -> dict[bytes, bytes]:
     (as bytes: the form exec takes). A unit run as another user never sees root's HOME."""
     login = ids.login_env if ids is not None else ()
     overlay = {**dict(login), **spec.env_dict}
-    return {**os.environb, **{os.fsencode(k): os.fsencode(v) for k, v in overlay.items()}}
+    return {**_own_environment(), **{os.fsencode(k): os.fsencode(v) for k, v in overlay.items()}}
+
+
+@functools.cache
+def _own_environment() -> dict[bytes, bytes]:
+    """The reconciler's environment, read once (it never changes it): each walk of os.environb
+    costs a start a few dozen microseconds of decoding and encoding."""
+    return dict(os.environb)
 
 
 def check_cwd(spec: Spec) -> None:
@@ -227,29 +235,27 @@ def spawn_shim(launch: Launch, argv: tuple[str, ...], env: dict[bytes, bytes], i
 
 
 def pin_child(pid: int) -> tuple[int, int]:
-    """A pidfd on a child just spawned, and its start ticks.
+    """A pidfd on a child just spawned, and its start ticks, once /proc shows its new argv.
 
     Our unreaped child: nothing can reap it before this runs (no await since the
     spawn, or, from a worker thread, inside `spawning()`).
+
+    posix_spawn returns as soon as the exec is past its point of no return; the
+    kernel lays out the new argv and environment a moment later (on busy CPUs,
+    one start in ten or more is caught in between). Until then /proc/PID/cmdline
+    reads empty: the start is not yet what anyone looking at /proc would call running.
     """
     pidfd = os.pidfd_open(pid)
     stat = _linux.read_stat(pid)
     assert stat is not None, "a child we have not reaped always has a /proc entry"
-    return pidfd, stat.start_ticks
-
-
-def await_argv_published(pid: int, pidfd: int) -> None:
-    """Return once /proc shows the command's argv (or the command has ended).
-
-    posix_spawn returns as soon as the exec is past its point of no return; the
-    kernel publishes the new argv and environment a moment later (on busy CPUs,
-    one start in ten or more is caught in between). Until then /proc/PID/cmdline reads
-    empty: the start is not yet what anyone looking at /proc would call running.
-    """
     delay = 0.00005
-    while not _linux.read_cmdline(pid) and not _linux.exited([pidfd]):
+    # cmdline answers where the stat's field does not (a child that exec'd a setuid program).
+    while not (stat.args_published or stat.zombie or _linux.read_cmdline(pid)):
         time.sleep(delay)
         delay = min(delay * 2, 0.001)
+        stat = _linux.read_stat(pid)
+        assert stat is not None, "a child we have not reaped always has a /proc entry"
+    return pidfd, stat.start_ticks
 
 
 @attrs.frozen
@@ -294,7 +300,6 @@ def spawn_direct(launch: Launch) -> Direct:
                 stderr=fds[1],
             )
             pidfd, start_ticks = pin_child(pid)
-        await_argv_published(pid, pidfd)
     except OSError as exc:
         check_cwd(spec)
         # As under the shim: the file may be fixed without the spec changing, so it is retried.
