@@ -106,7 +106,8 @@ class Reconciler:
         self._seed_reader()
         self._busy: dict[str, Action] = {}
         self._outcomes: list[Outcome] = []
-        self._unwritten: list[Event] = []  # events of key-only passes, written by the next persist
+        self._unwritten: list[Event] = []  # events not yet written (key-only passes, a burst's pass)
+        self._unwritten_pass: PassResult | None = None  # a pass whose write waits for the next
         self._probes: dict[str, tuple[bool, float, int | None]] = {}  # name -> (ok, at, pid)
         self._probing: set[str] = set()
         self._watched: dict[str, tuple[int | None, anyio.CancelScope]] = {}
@@ -168,7 +169,7 @@ class Reconciler:
     async def _serve(self) -> PassResult:
         result = await self.run_pass()
         while not self.stopping:
-            wakes = [t for t in (result.plan.wake_at, self.health_wake()) if t is not None]
+            wakes = [t for t in (result.plan.wake_at, self.health_wake(), self._write_due()) if t is not None]
             await self._sleep(min(wakes, default=None))
             await self._pace(result)
             if not self.stopping:
@@ -179,10 +180,11 @@ class Reconciler:
         """While actions are in flight, hold the next pass back (BURST_PACING).
 
         Pokes keep coming (each finished action), but only the last action's end,
-        or a stop, ends the wait early: records then show the burst's outcome at
-        once, and SIGTERM is never held up.
+        a stop or a write falling due ends the wait early: records then show the
+        burst's outcome at once, and SIGTERM is never held up.
         """
         until = self.clock() + min(BURST_PACING * (last.finished_at - last.started_at), MAX_PACING)
+        until = min(until, self._write_due() or until)
         while self._busy and not self.stopping and self.clock() < until:
             await self._sleep(until)
 
@@ -241,14 +243,17 @@ class Reconciler:
         # An action that finished while the drivers observed is folded in by the next pass.
         decided = plan(desired, records, now, busy=self._in_flight())
         events += transition_events(self.records, decided.records, now)
-        for action in decided.actions:
-            if action.kind != IN_PLACE:
-                self._launch(action, records[action.unit] if action.unit in records else None)
+        launched = [action for action in decided.actions if action.kind != IN_PLACE]
+        for action in launched:
+            self._launch(action, records[action.unit] if action.unit in records else None)
         finished = self.clock()
         result = PassResult(decided, started, finished, desired.problems)
         duration_ms = round((finished - started) * 1000, 3)
         events.append({"ts": finished, "event": "pass.completed", "actions": len(decided.actions), "duration_ms": duration_ms})
-        await self._persist(dict(decided.records), events, last_pass=result)
+        if launched and not self.once:
+            self._write_with_next_pass(dict(decided.records), events, result)
+        else:
+            await self._persist(dict(decided.records), events, last_pass=result)
         if not self.once:
             self._watch_exits()
             self._schedule_probes(now)
@@ -294,11 +299,30 @@ class Reconciler:
             events += more
         return records, events
 
+    def _write_with_next_pass(self, records: dict[str, UnitRecord], events: list[Event], result: PassResult) -> None:
+        """Leave a pass's write to the next one, which comes once the actions it launched are done.
+
+        Written now, it would take the GIL from the starts just launched (row building
+        and JSON are Python), and what it writes, "starting" records without processes,
+        the next pass overwrites anyway. The next pass comes at the latest MAX_PACING
+        after this one (`_write_due`), and a stop writes everything (`_drain`).
+        Key-only passes leave their writes the same way.
+        """
+        self.records = records
+        self._unwritten += events
+        self._unwritten_pass = result
+
+    def _write_due(self) -> float | None:
+        """When the next pass must come at the latest, to write a pass left unwritten (pacing's bound)."""
+        pending = self._unwritten_pass
+        return None if pending is None else pending.finished_at + MAX_PACING
+
     async def _persist(
         self, records: dict[str, UnitRecord], events: list[Event], last_pass: PassResult | None = None
     ) -> None:
         """Write what changed (key-only passes included): only the ledger and the event log hold state."""
         events, self._unwritten = self._unwritten + events, []
+        last_pass, self._unwritten_pass = last_pass or self._unwritten_pass, None
         saved = self._saved
         changed = [r for n, r in records.items() if saved.get(n) is not r and saved.get(n) != r]
         gone = [n for n in self._saved if n not in records]

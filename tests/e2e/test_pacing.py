@@ -30,7 +30,7 @@ async def start_held_back(reconciler: Reconciler, tmp_path: Path, tag: str) -> P
 async def test_the_end_of_the_burst_ends_the_pacing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(loop, "MAX_PACING", 3600.0)
     tag = uuid.uuid4().hex
-    async with reconciler_with_no_units(tmp_path, tag) as reconciler:
+    async with reconciler_with_no_units(tmp_path, tag, concurrency=1) as reconciler:
         last = await start_held_back(reconciler, tmp_path, tag)
         reconciler._limiter.release()  # the start goes ahead and finishes
 
@@ -42,7 +42,7 @@ async def test_the_end_of_the_burst_ends_the_pacing(tmp_path: Path, monkeypatch:
 async def test_a_stop_ends_the_pacing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(loop, "MAX_PACING", 3600.0)
     tag = uuid.uuid4().hex
-    async with reconciler_with_no_units(tmp_path, tag) as reconciler:
+    async with reconciler_with_no_units(tmp_path, tag, concurrency=1) as reconciler:
         last = await start_held_back(reconciler, tmp_path, tag)
         reconciler.stopping = True  # what SIGTERM does (_handle_signals)
         reconciler.poke()
