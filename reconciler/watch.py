@@ -15,10 +15,11 @@ from typing import Awaitable, Callable
 
 import anyio
 from watchdog.events import (
+    DirAttribEvent,
     DirCreatedEvent,
     DirDeletedEvent,
-    DirModifiedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -34,6 +35,10 @@ _Watches = tuple[tuple[str, str, bool], ...]
 # Changes only. Opens and read-only closes are left out of the kernel's watch
 # itself: every file the reader parses would otherwise come back as two events,
 # each handled in watchdog's thread while the GIL is wanted for parsing.
+# Attribute changes are in: a chmod or chown can make a spec trusted or not.
+# DirModifiedEvent is out: watchdog makes one for the parent after every change
+# to a child, whose own event already names it; alone in a wake-up it would bring
+# an immediate whole pass for a file staged under a name that is never a spec.
 CHANGES = [
     FileCreatedEvent,
     DirCreatedEvent,
@@ -42,7 +47,8 @@ CHANGES = [
     FileMovedEvent,
     DirMovedEvent,
     FileModifiedEvent,
-    DirModifiedEvent,
+    FileAttribEvent,
+    DirAttribEvent,
     FileClosedEvent,  # closed after writing
 ]
 

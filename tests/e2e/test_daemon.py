@@ -385,6 +385,18 @@ def test_writable_spec_is_rejected_as_root(rc):
     assert rc.unit("open")["state"] == "running"
 
 
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the ownership rule applies when running as root")
+def test_fixing_a_specs_permissions_is_applied_at_once(rc):
+    path = rc.spec("open.toml", sleeper("8002"))
+    os.chmod(path, 0o666)
+    rc.start_daemon("--resync", "3600")  # only the watcher can bring the fix in time
+    wait_until(lambda: rc.status()["invalid_specs"], what="the insecure spec reported")
+    os.chmod(path, 0o644)
+    rc.wait_unit("open", state="running")
+    assert rc.status()["invalid_specs"] == []
+
+
 # cron ---------------------------------------------------------------------------------------------------
 
 

@@ -88,6 +88,19 @@ async def test_reading_spec_files_makes_no_event(seen: Seen, tmp_path: Path) -> 
 
 
 @pytest.mark.anyio
+async def test_a_file_renamed_into_place_is_told_by_its_own_events_alone(seen: Seen, tmp_path: Path) -> None:
+    """No event about the directory: one arriving in a wake-up of its own would name no file."""
+    specs = tmp_path / "specs"
+    seen.events.clear()
+    staged = specs / "new.toml.tmp"
+    staged.write_text('name = "new"\n')
+    os.rename(staged, specs / "new.toml")
+    await seen.until_told(specs / "new.toml")
+    assert seen.events
+    assert not [e for e in seen.events if e.is_directory]
+
+
+@pytest.mark.anyio
 async def test_every_way_of_changing_a_spec_is_reported(seen: Seen, tmp_path: Path) -> None:
     specs = tmp_path / "specs"
     staged = tmp_path / "staged.toml"
@@ -104,6 +117,9 @@ async def test_every_way_of_changing_a_spec_is_reported(seen: Seen, tmp_path: Pa
 
     os.rename(specs / "unit3.toml", specs / "unit3.toml.off")  # renamed away
     await seen.until_told(specs / "unit3.toml")
+
+    os.chmod(specs / "unit4.toml", 0o600)  # its permissions decide whether it is trusted
+    await seen.until_told(specs / "unit4.toml")
 
     (specs / "team").mkdir()  # a new directory is watched too, once its creation is seen
     await seen.write_until_told(specs / "team" / "api.toml", 'name = "api"\n')
