@@ -22,10 +22,10 @@ from typing import Iterable, Iterator, Mapping
 
 import attrs
 
+from . import plugins
 from .errors import DriverUnavailable
 from .model import Handle, Observation, Spec
 
-ENTRY_POINT_GROUP = "reconciler.drivers"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # the unit of /proc start times
 
 
@@ -168,23 +168,27 @@ class Driver(abc.ABC):
 
 
 def driver_names() -> list[str]:
-    from importlib.metadata import entry_points  # imported when a driver is needed: ~35 ms
-
-    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(plugins.entry_points())
 
 
 def load_driver_class(name: str) -> type[Driver]:
-    """Find a driver class by its entry-point name."""
-    from importlib.metadata import entry_points  # imported when a driver is needed: ~35 ms
+    """Find a driver class by its entry-point name (remembered between runs, see plugins.py)."""
+    try:
+        return _load_driver_class(name, plugins.entry_points())
+    except (ImportError, AttributeError, DriverUnavailable):
+        # What the cache named is gone, or what it left out is new: look again.
+        return _load_driver_class(name, plugins.entry_points(fresh=True))
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            cls = ep.load()
-            if not (isinstance(cls, type) and issubclass(cls, Driver)):
-                raise DriverUnavailable(f"driver {name!r}: entry point {ep.value} is not a Driver")
-            return cls
-    known = ", ".join(driver_names()) or "none"
-    raise DriverUnavailable(f"driver {name!r} is not installed (installed: {known})")
+
+def _load_driver_class(name: str, found: dict[str, str]) -> type[Driver]:
+    value = found.get(name)
+    if value is None:
+        known = ", ".join(sorted(found)) or "none"
+        raise DriverUnavailable(f"driver {name!r} is not installed (installed: {known})")
+    cls = plugins.load(value)
+    if not (isinstance(cls, type) and issubclass(cls, Driver)):
+        raise DriverUnavailable(f"driver {name!r}: entry point {value} is not a Driver")
+    return cls
 
 
 def resolve_driver(name: str, state_dir: Path) -> Driver:
