@@ -29,6 +29,16 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+# watchdog holds each rename's IN_MOVED_FROM back for this long, to pair it with its
+# IN_MOVED_TO. When a read of the inotify descriptor falls between the two (about one
+# rename in a thousand, more on busy CPUs), its queue sleeps the whole delay even though
+# the pair is made at once, and every event behind waits too: a spec renamed into place
+# then took 0.5 s to be seen. The pair is one system call apart, so 10 ms is plenty; a
+# pair missed all the same becomes a deletion and a creation, which name the same paths.
+MOVE_PAIRING_DELAY = 0.01
+InotifyMoveEventGrouper.delay = MOVE_PAIRING_DELAY
 
 _Watches = tuple[tuple[str, str, bool], ...]
 

@@ -100,6 +100,22 @@ async def test_a_file_renamed_into_place_is_told_by_its_own_events_alone(seen: S
     assert not [e for e in seen.events if e.is_directory]
 
 
+def test_renames_are_held_back_briefly_for_pairing():
+    """watchdog's queue behind a rename whose two halves were read apart sleeps this long (0.5 s by default)."""
+    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+    assert InotifyMoveEventGrouper()._queue.delay == watch.MOVE_PAIRING_DELAY <= 0.01
+
+
+@pytest.mark.anyio
+async def test_a_spec_moved_out_of_the_directory_is_reported_and_what_follows_too(seen: Seen, tmp_path: Path) -> None:
+    specs = tmp_path / "specs"
+    os.rename(specs / "unit5.toml", tmp_path / "unit5.toml")  # a half rename: watchdog waits for its pair
+    (specs / "after.toml").write_text('name = "after"\n')
+    await seen.until_told(specs / "after.toml")
+    assert str(specs / "unit5.toml") in seen.told
+
+
 @pytest.mark.anyio
 async def test_every_way_of_changing_a_spec_is_reported(seen: Seen, tmp_path: Path) -> None:
     specs = tmp_path / "specs"
