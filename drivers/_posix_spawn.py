@@ -11,7 +11,6 @@ then already reaped): a returned pid is a running command.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import signal
@@ -28,7 +27,8 @@ _ACTIONS_SIZE, _ATTR_SIZE, _SIGSET_SIZE = 256, 1024, 256
 def _libc() -> ctypes.CDLL | None:
     """glibc with the spawn calls this module needs, or None (musl, old glibc: the caller falls back)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The C library this process already runs on: find_library("c") would run ldconfig.
+        libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
     needed = ("posix_spawn", "posix_spawn_file_actions_addchdir_np", "posix_spawn_file_actions_addclosefrom_np")
