@@ -149,11 +149,7 @@ class Reconciler:
                 if once:
                     result = await self._converge_once()
                 else:
-                    from .watch import SpecWatcher  # watchdog's start-up is not needed by --once
-
                     tg.start_soon(self._handle_signals)
-                    tg.start_soon(SpecWatcher(self.settings.specs_dir, self._specs_changed).run)
-                    tg.start_soon(self._check_logs_periodically)
                     result = await self._serve()
                     if self.settings.stop_on_exit:
                         await self._stop_everything()
@@ -168,6 +164,7 @@ class Reconciler:
 
     async def _serve(self) -> PassResult:
         result = await self.run_pass()
+        self._start_watching()
         while not self.stopping:
             wakes = [t for t in (result.plan.wake_at, self.health_wake(), self._write_due()) if t is not None]
             await self._sleep(min(wakes, default=None))
@@ -175,6 +172,19 @@ class Reconciler:
             if not self.stopping:
                 result = await self.run_pass()
         return result
+
+    def _start_watching(self) -> None:
+        """Watch the specs and the logs once the first pass has launched its starts.
+
+        Importing watchdog and setting its watches took 10-20 ms before a
+        container's or a boot's first start. A spec changed before the watch was
+        set is read by the pass this poke brings.
+        """
+        from .watch import SpecWatcher
+
+        self._task_group.start_soon(SpecWatcher(self.settings.specs_dir, self._specs_changed).run)
+        self._task_group.start_soon(self._check_logs_periodically)
+        self.poke()
 
     async def _pace(self, last: PassResult) -> None:
         """While actions are in flight, hold the next pass back (BURST_PACING).
