@@ -86,27 +86,28 @@ EXEC_WINDOW = 5.0  # seconds: a process this young with an empty environment is 
 
 def _is_execing(pid: int) -> bool:
     """Whether a process with an empty environment is a young user process (not a zombie or kernel thread)."""
-    fields = _stat_fields(pid)
+    fields = process_stat(pid)
     if fields is None:
         return False
     with open("/proc/uptime", "rb") as f:
         uptime = float(f.read().split()[0])
     age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    return fields[0] != b"Z" and not int(fields[6]) & PF_KTHREAD and age < EXEC_WINDOW
+    return fields[0] != "Z" and not int(fields[6]) & PF_KTHREAD and age < EXEC_WINDOW
 
 
 def _is_alive(pid: int) -> bool:
-    fields = _stat_fields(pid)
-    return fields is not None and fields[0] != b"Z"
+    fields = process_stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
-def _stat_fields(pid: int) -> list[bytes] | None:
-    """/proc/PID/stat from field 3 (the state) on, or None if there is no such process."""
+def process_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3, the state, onwards); None if gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()
+        with open(f"/proc/{pid}/stat") as f:
+            raw = f.read()
     except OSError:
         return None
+    return raw[raw.rindex(")") + 2 :].split()
 
 
 def proc_alive(pid: int | None) -> bool:

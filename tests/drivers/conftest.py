@@ -23,6 +23,7 @@ import pytest
 from reconciler.driver import Driver, Launch, driver_names, load_driver_class
 from reconciler.model import Handle, Spec
 from reconciler.reaper import Reaper
+from tests.conftest import process_stat
 
 
 def _posix_recycled(handle: Handle, pid: int, start_ticks: int) -> Handle:
@@ -50,15 +51,6 @@ KITS: dict[str, Kit] = {
 }
 
 
-def process_stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (field 3 onwards)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return raw[raw.rindex(")") + 2 :].split()
-
-
 def process_start_ticks(pid: int) -> int | None:
     fields = process_stat(pid)
     return None if fields is None else int(fields[19])
@@ -80,10 +72,13 @@ def process_alive(pid: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+async def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.005, what: str = "condition"
+) -> None:
+    """Poll `predicate` until it is true (the event loop runs meanwhile); fail with `what` at the deadline."""
     with anyio.move_on_after(timeout):
         while not predicate():
-            await anyio.sleep(0.005)
+            await anyio.sleep(interval)
         return
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 

@@ -38,9 +38,9 @@ from reconciler_drivers.posix import (
     find_record,
 )
 
-from tests.conftest import cmdline
+from tests.conftest import cmdline, process_stat
 
-from .conftest import KITS, process_stat, running_harness
+from .conftest import KITS, running_harness
 
 pytestmark = pytest.mark.anyio
 
