@@ -24,17 +24,42 @@ _ACTIONS_SIZE, _ATTR_SIZE, _SIGSET_SIZE = 256, 1024, 256
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL | None:
-    """glibc with the spawn calls this module needs, or None (musl, old glibc: the caller falls back)."""
+def _libc() -> tuple[ctypes.PyDLL, ctypes.CDLL] | None:
+    """glibc with the spawn calls this module needs, or None (musl, old glibc: the caller falls back).
+
+    Twice: the setup calls take microseconds and keep the GIL (PyDLL), where letting
+    it go and taking it back made each wait on the other spawn threads' Python; only
+    posix_spawn itself, which waits for the child's exec, lets it go (CDLL).
+    """
     try:
         # The C library this process already runs on: find_library("c") would run ldconfig.
-        libc = ctypes.CDLL(None, use_errno=True)
+        setup, spawner = ctypes.PyDLL(None, use_errno=True), ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
     needed = ("posix_spawn", "posix_spawn_file_actions_addchdir_np", "posix_spawn_file_actions_addclosefrom_np")
-    if not all(hasattr(libc, name) for name in needed):
+    if not all(hasattr(setup, name) for name in needed):
         return None
-    return libc
+    return setup, spawner
+
+
+@functools.cache
+def _attributes() -> ctypes.Array[ctypes.c_char]:
+    """The spawn attributes every start shares (read only by posix_spawn): a new session, every
+    catchable signal at its default action, none blocked."""
+    libc, _ = _libc()  # type: ignore[misc]
+    attr = _buffer(_ATTR_SIZE)
+    _check(libc.posix_spawnattr_init(attr), "spawn attributes")
+    no_signals, all_signals = _buffer(_SIGSET_SIZE), _buffer(_SIGSET_SIZE)
+    libc.sigemptyset(no_signals)
+    libc.sigfillset(all_signals)
+    # SIGKILL and SIGSTOP cannot be set: sigdelset them so the call never fails on them.
+    for sig in (signal.SIGKILL, signal.SIGSTOP):
+        libc.sigdelset(all_signals, int(sig))
+    _check(libc.posix_spawnattr_setsigmask(attr, no_signals), "signal mask")
+    _check(libc.posix_spawnattr_setsigdefault(attr, all_signals), "default signals")
+    flags = _POSIX_SPAWN_SETSIGDEF | _POSIX_SPAWN_SETSIGMASK | _POSIX_SPAWN_SETSID
+    _check(libc.posix_spawnattr_setflags(attr, ctypes.c_short(flags)), "spawn flags")
+    return attr
 
 
 def available() -> bool:
@@ -66,11 +91,12 @@ def spawn(
     no descriptor but 0, 1 and 2 is inherited. Returns the pid once the exec
     has happened; raises OSError with the exec's (or chdir's) errno otherwise.
     """
-    libc = _libc()
-    assert libc is not None, "callers check available() first"
-    actions, attr = _buffer(_ACTIONS_SIZE), _buffer(_ATTR_SIZE)
+    libcs = _libc()
+    assert libcs is not None, "callers check available() first"
+    libc, spawner = libcs
+    attr = _attributes()
+    actions = _buffer(_ACTIONS_SIZE)
     _check(libc.posix_spawn_file_actions_init(actions), "file actions")
-    _check(libc.posix_spawnattr_init(attr), "spawn attributes")
     try:
         _check(libc.posix_spawn_file_actions_adddup2(actions, stdout, 1), "stdout")
         _check(libc.posix_spawn_file_actions_adddup2(actions, stderr, 2), "stderr")
@@ -80,22 +106,10 @@ def spawn(
             _check(libc.posix_spawn_file_actions_adddup2(actions, stdin, 0), "stdin")
         _check(libc.posix_spawn_file_actions_addclosefrom_np(actions, 3), "closefrom")
         _check(libc.posix_spawn_file_actions_addchdir_np(actions, cwd), "cwd")
-        no_signals, all_signals = _buffer(_SIGSET_SIZE), _buffer(_SIGSET_SIZE)
-        libc.sigemptyset(no_signals)
-        libc.sigfillset(all_signals)
-        # SIGKILL and SIGSTOP cannot be set: sigdelset them so the call never fails on them.
-        for sig in (signal.SIGKILL, signal.SIGSTOP):
-            libc.sigdelset(all_signals, int(sig))
-        _check(libc.posix_spawnattr_setsigmask(attr, no_signals), "signal mask")
-        _check(libc.posix_spawnattr_setsigdefault(attr, all_signals), "default signals")
-        flags = _POSIX_SPAWN_SETSIGDEF | _POSIX_SPAWN_SETSIGMASK | _POSIX_SPAWN_SETSID
-        _check(libc.posix_spawnattr_setflags(attr, ctypes.c_short(flags)), "spawn flags")
         c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
         c_env = (ctypes.c_char_p * (len(env) + 1))(*env, None)
         pid = ctypes.c_int()
-        _check(libc.posix_spawn(ctypes.byref(pid), path, actions, attr, c_argv, c_env), "spawn")
+        _check(spawner.posix_spawn(ctypes.byref(pid), path, actions, attr, c_argv, c_env), "spawn")
         return pid.value
     finally:
         libc.posix_spawn_file_actions_destroy(actions)
-        libc.posix_spawnattr_destroy(attr)
-
