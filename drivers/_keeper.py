@@ -19,11 +19,15 @@ from __future__ import annotations
 import os
 import select
 import socket
+import time
 
 from . import _linux
 
 RECORDS_KEPT = 4096  # bytes of records (about 200 starts) a unit's status file may grow to before it starts afresh
 RETRY_FIRST, RETRY_MAX = 0.001, 1.0  # seconds between looks at an exit whose status is not out yet
+# After taking requests, a pause before looking again: a burst of starts then reaches the keeper in a
+# few wake-ups, where waking it for each one cost the daemon more than the message itself.
+GATHER_PAUSE = 0.002
 MESSAGE_MAX = 8192
 
 
@@ -60,6 +64,19 @@ def exit_status(pidfd: int, pid: int, start_ticks: int) -> int | None:
     return status
 
 
+def _receive_all(channel: socket.socket) -> list[tuple[bytes, int]] | None:
+    """Every request waiting in the channel, each with its pidfd; None once the daemon has closed its end."""
+    requests = []
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(channel, MESSAGE_MAX, 1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return requests
+        if not message:
+            return requests or None  # with requests before it, the end is seen again at the next look
+        requests += [(message, fd) for fd in fds]
+
+
 def serve(channel: socket.socket) -> None:
     """Watch until the daemon has closed its end and nothing watched is left."""
     poller = select.epoll()
@@ -74,14 +91,14 @@ def serve(channel: socket.socket) -> None:
                 poller.unregister(fd)
                 ended[fd] = RETRY_FIRST
                 continue
-            message, fds, _, _ = socket.recv_fds(channel, MESSAGE_MAX, 1)
-            if not message:
+            requests = _receive_all(channel)
+            if requests is None:
                 poller.unregister(fd)
                 connected = False
-                continue
-            for pidfd in fds:
-                watched[pidfd] = decode_request(message)
+            for request, pidfd in requests or ():
+                watched[pidfd] = decode_request(request)
                 poller.register(pidfd, select.EPOLLIN)
+            time.sleep(GATHER_PAUSE)
         for fd in list(ended):
             token, pid, ticks, status_file = watched[fd]
             status = exit_status(fd, pid, ticks)

@@ -269,6 +269,7 @@ class PosixDriver(Driver):
             # The keeper first: one that cannot start fails the start before a child exists.
             keeper = self._ensure_keeper()
             ident = self._start_direct(launch, await self._spawn(launch), keeper)
+            await self._keeper.drain()
         else:
             ident = await self._start_under_shim(launch, _spawn.unit_environment(spec, ids), ids)
         return Handle(
@@ -485,6 +486,7 @@ class PosixDriver(Driver):
         if ident.shim_key is None and ident.key not in self._kept:
             self._ensure_keeper()
             self._keep(ident, pidfd)  # taken over from an earlier daemon
+            await self._keeper.drain()
         own = os.dup(pidfd)  # one waiter per fd in the event loop: each waiter gets its own
         try:
             await anyio.wait_readable(own)

@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import pytest
 
 from reconciler.errors import DriverError
 from reconciler.model import Handle, ProcessState
-from reconciler_drivers import _spawn
+from reconciler_drivers import _keeper, _spawn
 from reconciler_drivers._group import UnitGroup
 from reconciler_drivers.posix import (
     UNRECORDED,
@@ -463,6 +464,56 @@ async def test_the_exit_keeper_writes_down_exits_while_no_driver_runs_and_is_res
 
     assert (observed["first"].exit_code, observed["first"].exit_signal) == (130, None)
     assert (observed["second"].exit_code, observed["second"].exit_signal) == (None, signal.SIGKILL)
+
+
+def channel_capacity(message: bytes) -> int:
+    """How many such messages, each with a pidfd, a SOCK_SEQPACKET pair holds unread (its send buffer's worth)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pidfd = os.pidfd_open(os.getpid())
+    ours.setblocking(False)
+    count = 0
+    try:
+        while True:
+            socket.send_fds(ours, [message], [pidfd])
+            count += 1
+    except BlockingIOError:
+        return count
+    finally:
+        for fd in (ours, theirs):
+            fd.close()
+        os.close(pidfd)
+
+
+async def test_a_keeper_that_does_not_read_holds_up_no_start_and_is_handed_every_unit_once_it_does(direct):
+    first = await direct.start(["sleep", "1000"], name="u0")
+    keeper = first.data["keeper_pid"]
+    more = channel_capacity(_keeper.encode_request(first.data["token"], first.pid, 0, first.data["status_file"])) + 20
+    if more > 1000:
+        pytest.skip(f"the keeper's channel holds {more - 20} requests here: filling it takes too many processes")
+    handles = [first]
+
+    async def start(name: str) -> None:
+        handles.append(await direct.start(["sleep", "1000"], name=name))
+
+    os.kill(keeper, signal.SIGSTOP)  # it reads nothing: the channel fills up
+    try:
+        async with anyio.create_task_group() as tasks:
+            for i in range(more):
+                tasks.start_soon(start, f"u{i + 1}")
+            # Every start but the one that waits for room in the channel is done: the event loop is free.
+            await direct.wait_until(lambda: len(handles) == more, what="the starts")
+            os.kill(keeper, signal.SIGCONT)
+    finally:
+        os.kill(keeper, signal.SIGCONT)
+    await direct.driver.aclose()
+    for handle in handles:
+        os.kill(handle.pid, signal.SIGKILL)
+    for handle in handles:
+        await reaped(direct, handle)  # by this test's reaper: only the keeper's record is left
+        await direct.wait_until(lambda: recorded_status(handle) is not None, what="the keeper's record")
+
+    assert len(handles) == more + 1
+    assert {handle.data["keeper_pid"] for handle in handles} == {keeper}
 
 
 async def test_a_driver_that_takes_over_a_direct_unit_hands_it_to_its_own_keeper(direct):
