@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import random
 import sys
 import time
 import weakref
@@ -310,7 +311,7 @@ class PosixDriver(Driver):
             shim_start_ticks=None,
             pgid=child.pid,
             status_file=str(_spawn.status_file(self.state_dir, launch.spec.name)),
-            token=os.urandom(8).hex(),
+            token=_new_token(),
             keeper_pid=keeper_pid,
             keeper_start_ticks=keeper_ticks,
         )
@@ -338,7 +339,7 @@ class PosixDriver(Driver):
         """The command as the shim's child, for units that outlive the reconciler or change ids."""
         spec = launch.spec
         status_file = _spawn.prepare_status_file(self.state_dir, spec.name, ids)
-        token = os.urandom(8).hex()
+        token = _new_token()
         shim = _spawn.spawn_shim(launch, _spawn.shim_argv(status_file, token, spec), env, ids)
         try:
             with anyio.move_on_after(START_TIMEOUT) as timer:
@@ -660,6 +661,12 @@ async def _poll_until(done: Callable[[], bool], deadline: float, longest: float)
     while not done() and anyio.current_time() < deadline:
         await anyio.sleep(min(delay, max(0.0, deadline - anyio.current_time())))
         delay = min(delay * 2, longest)
+
+
+def _new_token() -> str:
+    """64 random bits from Python's generator (seeded from the OS, again after a fork): a start's token
+    needs only to differ from the others in its status file, and a getrandom per start cost more."""
+    return f"{random.getrandbits(64):016x}"
 
 
 def _keeper_alive(ident: Identity) -> bool:
