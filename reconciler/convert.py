@@ -15,7 +15,7 @@ import math
 import os
 import re
 import signal
-import tomllib
+import tomli
 from collections.abc import Mapping
 from typing import Any, NewType
 from urllib.parse import urlsplit
@@ -579,7 +579,7 @@ def parse_document(data: bytes, fmt: str) -> Any:
         raise _SyntaxProblem(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
     try:
         if fmt == "TOML":
-            return tomllib.loads(text)
+            return tomli.loads(text)
         if fmt == "JSON":
             return json.loads(text, object_pairs_hook=_unique_json_keys, parse_constant=_reject_json_constant)
         return _parse_yaml(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tomllib
+import tomli
 from pathlib import Path
 
 import attrs
@@ -151,8 +151,8 @@ def test_invalid_file_name_without_name_field() -> None:
 @pytest.mark.parametrize(
     ("name", "data", "load"),
     [
-        ("web.toml", "command = [\n", tomllib.loads),
-        ("web.toml", "command = ['a']\ncommand = 'b'\n", tomllib.loads),
+        ("web.toml", "command = [\n", tomli.loads),
+        ("web.toml", "command = ['a']\ncommand = 'b'\n", tomli.loads),
         ("web.json", '{"command": [}', json.loads),
     ],
 )
@@ -271,7 +271,7 @@ FULL_SPEC = Spec(
 
 @pytest.mark.parametrize("suffix", [".toml", ".json", ".yaml", ".yml"])
 def test_every_field_in_every_format(suffix: str) -> None:
-    document = tomllib.loads(FULL_TOML)
+    document = tomli.loads(FULL_TOML)
     text = {
         ".toml": FULL_TOML,
         ".json": json.dumps(document),

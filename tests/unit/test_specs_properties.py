@@ -94,7 +94,7 @@ def documents(scalars: st.SearchStrategy = SCALARS) -> st.SearchStrategy:
 
 
 def to_toml(value, top: bool = True) -> str:
-    """A tiny TOML writer (inline tables only): enough to feed random documents to tomllib."""
+    """A tiny TOML writer (inline tables only): enough to feed random documents to the TOML parser."""
     if isinstance(value, dict):
         items = [f"{toml_string(str(k))} = {to_toml(v, False)}" for k, v in value.items()]
         return "\n".join(items) + "\n" if top else "{" + ", ".join(items) + "}"
