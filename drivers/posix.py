@@ -665,7 +665,8 @@ async def _poll_until(done: Callable[[], bool], deadline: float, longest: float)
 
 def _new_token() -> str:
     """64 random bits from Python's generator (seeded from the OS, again after a fork): a start's token
-    needs only to differ from the others in its status file, and a getrandom per start cost more."""
+    needs only to differ from the others in its status file, and a getrandom call per start gave the
+    GIL away to the spawn threads."""
     return f"{random.getrandbits(64):016x}"
 
 
