@@ -27,8 +27,8 @@ _ACTIONS_SIZE, _ATTR_SIZE, _SIGSET_SIZE = 256, 1024, 256
 def _libc() -> tuple[ctypes.PyDLL, ctypes.CDLL] | None:
     """glibc with the spawn calls this module needs, or None (musl, old glibc: the caller falls back).
 
-    Twice: the setup calls take microseconds and keep the GIL (PyDLL), where letting
-    it go and taking it back made each wait on the other spawn threads' Python; only
+    Two handles on it: the setup calls take microseconds and keep the GIL (PyDLL), where
+    letting it go and taking it back made each wait on the other threads' Python; only
     posix_spawn itself, which waits for the child's exec, lets it go (CDLL).
     """
     try:
