@@ -54,6 +54,7 @@ class _Scan:
     files: list[str]
     problems: list[SpecProblem]
     complete: bool
+    linked_dirs: list[str] = attrs.field(factory=list)  # symbolic links followed to a directory not reached before
 
 
 class SpecReader:
@@ -218,6 +219,7 @@ def _scan(root: str) -> _Scan:
         return _Scan([], [SpecProblem(root, "the specs path is not a directory")], False)
     files: list[str] = []
     problems: list[SpecProblem] = []
+    linked_dirs: list[str] = []
     seen_dirs = {(root_stat.st_dev, root_stat.st_ino)}
     pending = [root]
     while pending:
@@ -235,6 +237,8 @@ def _scan(root: str) -> _Scan:
                         if (st.st_dev, st.st_ino) not in seen_dirs:
                             seen_dirs.add((st.st_dev, st.st_ino))
                             pending.append(entry.path)
+                            if entry.is_symlink():
+                                linked_dirs.append(entry.path)
                     elif is_spec_name(entry.name):
                         files.append(entry.path)
         except FileNotFoundError:
@@ -242,7 +246,13 @@ def _scan(root: str) -> _Scan:
                 return _Scan([], [SpecProblem(root, "specs directory does not exist")], False)
         except OSError as exc:
             problems.append(SpecProblem(directory, f"cannot read directory: {exc.strerror}"))
-    return _Scan(sorted(files), problems, complete=not problems)
+    return _Scan(sorted(files), problems, complete=not problems, linked_dirs=linked_dirs)
+
+
+def linked_directories(root: str) -> list[str]:
+    """The directories below `root` that the reader reaches through a symbolic link (a recursive
+    watch of `root` does not follow links), each by the path of the link it was reached through."""
+    return _scan(root).linked_dirs
 
 
 def _assemble(outcomes: Iterable[Outcome], problems: Iterable[SpecProblem], complete: bool) -> Desired:

@@ -31,6 +31,8 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
+from .specs import linked_directories
+
 # watchdog holds each rename's IN_MOVED_FROM back for this long, to pair it with its
 # IN_MOVED_TO. When a read of the inotify descriptor falls between the two (about one
 # rename in a thousand, more on busy CPUs), its queue sleeps the whole delay even though
@@ -75,21 +77,27 @@ class _Poker(FileSystemEventHandler):
         self.fd = fd
         self._lock = threading.Lock()
         self._paths: set[str] = set()
+        self._directories_changed = False  # a directory came, went or moved: links inside the tree may have too
         self._known_as: dict[str, str] = {}  # watched real directory -> the path the loop knows it by
 
     def name_as(self, known_as: dict[str, str]) -> None:
+        """Name events under each watched real directory by the path the loop knows (the deepest
+        real directory first: a link inside the tree may lead into a linked directory)."""
         with self._lock:
-            self._known_as = known_as
+            self._known_as = dict(sorted(known_as.items(), key=lambda item: len(item[0]), reverse=True))
 
-    def take(self) -> set[str]:
-        """The paths named since the last call."""
+    def take(self) -> tuple[set[str], bool]:
+        """The files named since the last call, and whether a directory changed."""
         with self._lock:
             paths, self._paths = self._paths, set()
-        return paths
+            directories, self._directories_changed = self._directories_changed, False
+        return paths, directories
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            with self._lock:
+        with self._lock:
+            if event.is_directory:
+                self._directories_changed = True
+            else:
                 for path in (event.src_path, getattr(event, "dest_path", "")):
                     if path:
                         self._paths.add(self._as_known(os.fsdecode(path)))
@@ -125,7 +133,7 @@ class SpecWatcher:
         handler = _Poker(write_fd)
         observer.start()
         try:
-            watched = self._rewatch(observer, handler, None)
+            watched = self._rewatch(observer, handler, None, look_for_links=True)
             while True:
                 await anyio.wait_readable(read_fd)
                 try:
@@ -133,18 +141,22 @@ class SpecWatcher:
                         pass
                 except BlockingIOError:
                     pass
+                paths, directories_changed = handler.take()
                 # Before the loop is told: the pass it runs then reads what the new watches cover.
-                watched = self._rewatch(observer, handler, watched)
-                await self.on_change(handler.take())
+                look_for_links = directories_changed or self._may_be_a_link(paths, watched)
+                watched = self._rewatch(observer, handler, watched, look_for_links=look_for_links)
+                await self.on_change(paths)
         finally:
             observer.stop()
             await anyio.to_thread.run_sync(observer.join, abandon_on_cancel=True)
             os.close(read_fd)
             os.close(write_fd)
 
-    def _rewatch(self, observer: Observer, handler: _Poker, watched: _Watches | None) -> _Watches:
+    def _rewatch(
+        self, observer: Observer, handler: _Poker, watched: _Watches | None, *, look_for_links: bool
+    ) -> _Watches:
         """Point the watches where `_watches` says, if that changed since `watched`."""
-        wanted = self._watches()
+        wanted = self._watches(None if look_for_links else _linked(watched))
         if wanted != watched:
             observer.unschedule_all()
             handler.name_as({real: path for path, real, recursive in wanted if recursive and real != path})
@@ -152,13 +164,29 @@ class SpecWatcher:
                 observer.schedule(handler, real, recursive=recursive, event_filter=CHANGES)
         return wanted
 
-    def _watches(self) -> _Watches:
+    def _watches(self, links: list[str] | None) -> _Watches:
         """(path, where it really leads, recursive): the specs dir, or its nearest existing parent,
-        and the directory of every symbolic link on the way to it."""
+        the directory of every symbolic link on the way to it, and every directory the reader
+        reaches through a symbolic link inside the tree (a recursive watch does not follow links):
+        `links` if given, else found again (a walk of the tree: 1000 entries cost about 1 ms)."""
         path = self.specs_dir
         while not path.is_dir() and path != path.parent:
             path = path.parent
         watches = [(str(path), os.path.realpath(path), path == self.specs_dir)]
         for link in (p for p in (path, *path.parents) if p.is_symlink()):
             watches.append((str(link.parent), os.path.realpath(link.parent), False))
+        if path == self.specs_dir:
+            inside = linked_directories(str(path)) if links is None else links
+            watches += [(link, os.path.realpath(link), True) for link in inside]
         return tuple(watches)
+
+    def _may_be_a_link(self, paths: set[str], watched: _Watches | None) -> bool:
+        """Whether a file event may have made, moved or removed a directory link inside the tree
+        (inotify reports a symbolic link as a file): a path that is a link now, or was one."""
+        known = set(_linked(watched))
+        return any(path in known or os.path.islink(path) for path in paths)
+
+
+def _linked(watched: _Watches | None) -> list[str]:
+    """The directory links inside the tree among `watched`."""
+    return [path for path, _real, recursive in (watched or ())[1:] if recursive]

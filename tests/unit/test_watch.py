@@ -163,3 +163,20 @@ async def test_a_revision_swapped_in_by_a_symbolic_link_is_watched(tmp_path: Pat
         await found.write_until_told(specs / "web.toml", 'name = "web"\n')
         assert (tmp_path / "rev2" / "specs" / "web.toml").exists()
         tasks.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_directory_linked_into_the_tree_is_watched_as_the_reader_reaches_it(seen: Seen, tmp_path: Path) -> None:
+    """The reader follows a symbolic link to a directory; watchdog's recursive watch does not."""
+    specs = tmp_path / "specs"
+    shared = tmp_path / "shared"
+    (shared / "deeper").mkdir(parents=True)
+    (specs / "team").symlink_to(shared)  # added while the watcher runs: watched from its next wake-up
+    (shared / "nested").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+
+    # Named by the paths the reader reads them at, not where the links lead.
+    await seen.write_until_told(specs / "team" / "api.toml", 'name = "api"\n')
+    await seen.write_until_told(specs / "team" / "deeper" / "db.toml", 'name = "db"\n')
+    await seen.write_until_told(specs / "team" / "nested" / "cache.toml", 'name = "cache"\n')
+    assert not any(path.startswith(str(shared)) or "elsewhere" in path for path in seen.told)
