@@ -180,3 +180,18 @@ async def test_a_directory_linked_into_the_tree_is_watched_as_the_reader_reaches
     await seen.write_until_told(specs / "team" / "deeper" / "db.toml", 'name = "db"\n')
     await seen.write_until_told(specs / "team" / "nested" / "cache.toml", 'name = "cache"\n')
     assert not any(path.startswith(str(shared)) or "elsewhere" in path for path in seen.told)
+
+
+@pytest.mark.anyio
+async def test_a_directory_link_in_the_tree_repointed_is_watched_where_it_now_leads(seen: Seen, tmp_path: Path) -> None:
+    specs = tmp_path / "specs"
+    for revision in ("one", "two"):
+        (tmp_path / revision).mkdir()
+    (specs / "team").symlink_to(tmp_path / "one")
+    await seen.write_until_told(specs / "team" / "api.toml", 'name = "api"\n')
+
+    (specs / ".next").symlink_to(tmp_path / "two")
+    os.rename(specs / ".next", specs / "team")  # a link renamed over the old one, as deploy tools do
+
+    await seen.write_until_told(specs / "team" / "web.toml", 'name = "web"\n')
+    assert (tmp_path / "two" / "web.toml").exists()
