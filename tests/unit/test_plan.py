@@ -254,9 +254,11 @@ def test_transition_events():
 
 def test_spec_events():
     d = desired(WEB, problems=(SpecProblem("/specs/bad.toml", "command: required"),))
-    events = spec_events({"old": ("/specs/old.toml", "h")}, {}, d, NOW)
+    events = spec_events({"old": spec("old")}, {}, d, NOW)
     assert sorted(e["event"] for e in events) == ["spec.added", "spec.invalid", "spec.removed"]
-    assert spec_events({"web": (WEB.path, WEB.content_hash)}, {"/specs/bad.toml": "command: required"}, d, NOW) == []
+    assert spec_events({"web": spec()}, {"/specs/bad.toml": "command: required"}, d, NOW) == []  # equal, not the same
+    (changed,) = spec_events({"web": WEB_NEW_CMD}, {"/specs/bad.toml": "command: required"}, d, NOW)
+    assert changed["event"] == "spec.changed" and changed["unit"] == "web"
 
 
 # --- properties -----------------------------------------------------------------------------
