@@ -139,6 +139,14 @@ class Driver(abc.ABC):
         Returns the observation after the stop (normally EXITED). Success if already gone.
         """
 
+    def prepare_resident(self) -> None:
+        """A daemon is about to start the units it stays up to watch (Launch.resident).
+
+        What those starts need may be set up now, while the first pass reads the
+        specs, rather than amid its starts. Must not raise: a start that finds
+        things unready sets them up itself, and reports what fails.
+        """
+
     def begin_stop(self, handle: Handle, signal: int) -> bool:
         """Send the stop `signal` to the unit's whole process tree now, and do not wait.
 

@@ -107,6 +107,7 @@ class Reconciler:
         self._spec_files = self.ledger.spec_files()
         self._seed_reader()
         self._busy: dict[str, Action] = {}
+        self._actions_done = anyio.Event()  # set once no action is in flight (the first pass's, for the watch)
         self._outcomes: list[Outcome] = []
         self._unwritten: list[Event] = []  # events not yet written (key-only passes, a burst's pass)
         self._unwritten_pass: PassResult | None = None  # a pass whose write waits for the next
@@ -165,8 +166,9 @@ class Reconciler:
         return result
 
     async def _serve(self) -> PassResult:
+        self.drivers.get(self.settings.driver).prepare_resident()
         result = await self.run_pass()
-        self._start_watching()
+        self._task_group.start_soon(self._watch_after_first_starts)
         while not self.stopping:
             wakes = [t for t in (result.plan.wake_at, self.health_wake(), self._write_due()) if t is not None]
             await self._sleep(min(wakes, default=None))
@@ -175,13 +177,20 @@ class Reconciler:
                 result = await self.run_pass()
         return result
 
-    def _start_watching(self) -> None:
-        """Watch the specs and the logs once the first pass has launched its starts.
+    async def _watch_after_first_starts(self) -> None:
+        """Watch the specs and the logs once the first pass's actions are done (MAX_PACING at most).
 
-        Importing watchdog and setting its watches took 10-20 ms before a
-        container's or a boot's first start. A spec changed before the watch was
-        set is read by the pass this poke brings.
+        Importing watchdog and setting its watches takes 10-20 ms: before a
+        container's or a boot's first start it held that start up, and amid the
+        burst of starts it took the GIL they need.
         """
+        if self._busy:
+            with anyio.move_on_after(MAX_PACING):
+                await self._actions_done.wait()
+        self._start_watching()
+
+    def _start_watching(self) -> None:
+        """A spec changed before the watch was set is read by the pass this poke brings."""
         from .watch import SpecWatcher
 
         self._task_group.start_soon(SpecWatcher(self.settings.specs_dir, self._specs_changed).run)
@@ -382,6 +391,8 @@ class Reconciler:
                 )
         finally:
             self._busy.pop(action.unit, None)
+            if not self._busy:
+                self._actions_done.set()
         self._outcomes.append(outcome)
         self.poke()
 

@@ -41,7 +41,7 @@ from reconciler_drivers.posix import (
 
 from tests.conftest import cmdline, process_stat
 
-from .conftest import KITS, running_harness
+from .conftest import KITS, children, running_harness
 
 pytestmark = pytest.mark.anyio
 
@@ -464,6 +464,22 @@ async def test_the_exit_keeper_writes_down_exits_while_no_driver_runs_and_is_res
 
     assert (observed["first"].exit_code, observed["first"].exit_signal) == (130, None)
     assert (observed["second"].exit_code, observed["second"].exit_signal) == (None, signal.SIGKILL)
+
+
+async def test_a_daemon_about_to_start_units_has_the_exit_keeper_up_before_the_first_start(direct):
+    before = set(children())
+    direct.driver.prepare_resident()
+    (keeper,) = [pid for pid in set(children()) - before if "reconciler_drivers._keeper" in cmdline(pid)]
+    direct.track(keeper)
+    handle = await direct.start(["sleep", "1000"])
+    assert handle.data["keeper_pid"] == keeper
+
+
+async def test_preparing_never_fails_and_the_first_start_says_why_the_exit_keeper_cannot_run(direct):
+    (direct.state_dir / "run" / "keeper.log").mkdir(parents=True)  # where its log goes: not a file it can open
+    direct.driver.prepare_resident()
+    with pytest.raises(DriverError, match="cannot open log file .*keeper.log: Is a directory"):
+        await direct.start(["sleep", "1000"])
 
 
 def channel_capacity(message: bytes) -> int:

@@ -1,4 +1,4 @@
-"""The spec directory is watched only once the first pass has launched its starts: nothing changed before is missed."""
+"""The spec directory is watched only once the first pass's starts are done: nothing changed before is missed."""
 
 from __future__ import annotations
 
