@@ -40,12 +40,19 @@ def run_daemon(settings: Settings) -> int:
         raise_fd_limit()
         log.warning("watching %s, state in %s (pid %d)", settings.specs_dir, settings.state_dir, os.getpid())
         reconciler = Reconciler(settings)
-        gc.freeze()  # modules and the loaded ledger live as long as we do: collections need not walk them
-        gc.enable()  # off while the command started (entry.py)
-        anyio.run(functools.partial(reconciler.run, once=False))
+        anyio.run(functools.partial(reconciler.run, once=False, settled=collect_garbage_from_now_on))
     finally:
         lock.release()
     return EXIT_OK
+
+
+def collect_garbage_from_now_on() -> None:
+    """The collector, off since the command started (entry.py), is turned on once the first
+    pass's starts are done: collecting while it read the specs and started their units cost a
+    cold start about 6 ms at 500 units, 12 at 1000. What is alive by then (modules, ledger,
+    specs) lives as long as the daemon, so collections need not walk it."""
+    gc.freeze()
+    gc.enable()
 
 
 def run_once(settings: Settings) -> int:

@@ -120,6 +120,7 @@ class Reconciler:
         self._late_poke = False
         self._limiter = anyio.CapacityLimiter(settings.concurrency)
         self._task_group: Any = None
+        self._settled: Callable[[], None] | None = None
         self.stopping = False
         self.once = False
         self.last_pass: PassResult | None = None
@@ -139,9 +140,13 @@ class Reconciler:
 
     # --- running ----------------------------------------------------------------------------
 
-    async def run(self, *, once: bool = False) -> PassResult:
-        """Reconcile until stopped (or, with `once`, until a pass has nothing left to do)."""
+    async def run(self, *, once: bool = False, settled: Callable[[], None] | None = None) -> PassResult:
+        """Reconcile until stopped (or, with `once`, until a pass has nothing left to do).
+
+        `settled` (a daemon's) is called once the first pass's actions are done, or MAX_PACING after it.
+        """
         self.once = once
+        self._settled = settled
         if once:
             self._adopting = set()  # cron's --once continues the last pass's work; nothing is taken over
         async with anyio.create_task_group() as tg:
@@ -168,7 +173,7 @@ class Reconciler:
     async def _serve(self) -> PassResult:
         self.drivers.get(self.settings.driver).prepare_resident()
         result = await self.run_pass()
-        self._task_group.start_soon(self._watch_after_first_starts)
+        self._task_group.start_soon(self._after_first_starts)
         while not self.stopping:
             wakes = [t for t in (result.plan.wake_at, self.health_wake(), self._write_due()) if t is not None]
             await self._sleep(min(wakes, default=None))
@@ -177,8 +182,9 @@ class Reconciler:
                 result = await self.run_pass()
         return result
 
-    async def _watch_after_first_starts(self) -> None:
-        """Watch the specs and the logs once the first pass's actions are done (MAX_PACING at most).
+    async def _after_first_starts(self) -> None:
+        """Once the first pass's actions are done (MAX_PACING at most): watch the specs and the logs,
+        and call `settled`.
 
         Importing watchdog and setting its watches takes 10-20 ms: before a
         container's or a boot's first start it held that start up, and amid the
@@ -188,6 +194,8 @@ class Reconciler:
             with anyio.move_on_after(MAX_PACING):
                 await self._actions_done.wait()
         self._start_watching()
+        if self._settled is not None:
+            self._settled()
 
     def _start_watching(self) -> None:
         """A spec changed before the watch was set is read by the pass this poke brings."""
