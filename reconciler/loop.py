@@ -107,7 +107,7 @@ class Reconciler:
         self._spec_files = self.ledger.spec_files()
         self._seed_reader()
         self._busy: dict[str, Action] = {}
-        self._actions_done = anyio.Event()  # set once no action is in flight (the first pass's, for the watch)
+        self._actions_done = anyio.Event()  # set once no action is in flight: the first pass's are awaited (_after_first_starts)
         self._outcomes: list[Outcome] = []
         self._unwritten: list[Event] = []  # events not yet written (key-only passes, a burst's pass)
         self._unwritten_pass: PassResult | None = None  # a pass whose write waits for the next
