@@ -321,6 +321,16 @@ def test_durations(text, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
+def test_equal_tables_share_one_settings_object_and_hash_alike() -> None:
+    """Settings are shared between specs with equal tables; -0.0 and "0s" are one duration."""
+    first = parse('command = ["a"]\n[restart]\nbackoff_initial = -0.0\n', "one.toml")
+    second = parse('command = ["b"]\n[restart]\nbackoff_initial = "0s"\n', "two.toml")
+    assert first.restart is second.restart
+    assert str(parse_duration(-0.0)) == "0.0"
+    assert first.content_hash == attrs.evolve(first, restart=attrs.evolve(first.restart)).content_hash
+    assert parse('command = ["a"]\n[restart]\nbackoff_initial = "1s"\n').restart.backoff_initial == 1.0
+
+
 @pytest.mark.parametrize(
     ("text", "size"),
     [("512KiB", 512 * 1024), ("10MiB", 10 * 1024**2), ("1GiB", 1024**3), ("3KB", 3000), ("2MB", 2 * 10**6),
@@ -390,6 +400,31 @@ def test_a_spec_is_read_up_to_the_size_limit_and_no_further(specs_dir: Path) -> 
     assert os.path.getsize(specs_dir / "web.toml") == MAX_SPEC_BYTES
     assert list(desired.specs) == ["web"]
     assert desired.problems == (SpecProblem(str(big), f"file is larger than {MAX_SPEC_BYTES} bytes"),)
+
+
+def test_a_file_longer_than_its_fstat_said_is_read_to_its_end_or_the_limit(tmp_path: Path) -> None:
+    """A file that grew between its fstat and the read is read whole, still up to the limit."""
+    from reconciler.specs import MAX_SPEC_BYTES, _read_up_to
+
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.write_bytes(b"x" * 5000)
+    big.write_bytes(b"y" * (MAX_SPEC_BYTES + 100))
+    for path, size, expected in ((small, 10, 5000), (small, 5000, 5000), (big, 10, MAX_SPEC_BYTES + 1)):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert len(_read_up_to(fd, size)) == expected
+        finally:
+            os.close(fd)
+
+
+def test_a_directory_found_where_a_spec_was_opened_is_a_problem_of_its_file(specs_dir: Path) -> None:
+    """A spec replaced by a directory between the scan and the open: one line, no exception."""
+    write(specs_dir / "web.toml", 'command = ["a"]\n')
+    reader = SpecReader(specs_dir)
+    bad = specs_dir / "db.toml"
+    bad.mkdir()
+    outcome = reader._parse(str(bad))
+    assert outcome == SpecProblem(str(bad), "not a regular file")
 
 
 def test_duplicate_names_invalidate_every_claimant(specs_dir: Path) -> None:
