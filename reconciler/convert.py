@@ -553,10 +553,7 @@ def _build(file: _SpecFile, path: str, specs_dir: str) -> Spec:
     )
 
 
-_SETTINGS_OF_TABLE: dict[Any, Any] = {}
-_SETTINGS_OF_TABLE_SIZE = 1024
-
-
+@functools.lru_cache(maxsize=1024)
 def _settings(table: Any, model: type) -> Any:
     """The model's settings object for a table of the file.
 
@@ -565,12 +562,7 @@ def _settings(table: Any, model: type) -> Any:
     took a tenth of parsing a spec. Equal means the same JSON here, as every
     hook returns one type per field and a duration is never -0.0.
     """
-    known = _SETTINGS_OF_TABLE.get(table)
-    if known is None:
-        known = model(**attrs.asdict(table, recurse=False))
-        if len(_SETTINGS_OF_TABLE) < _SETTINGS_OF_TABLE_SIZE:
-            _SETTINGS_OF_TABLE[table] = known
-    return known
+    return model(**attrs.asdict(table, recurse=False))
 
 
 # Each health check type needs exactly one target field.
