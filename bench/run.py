@@ -167,6 +167,7 @@ def machine_facts() -> dict:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "proactive_reclaim": procfs.proactive_reclaim(),
     }
 
 

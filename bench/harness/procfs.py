@@ -35,6 +35,41 @@ def cmdline(pid: int) -> list[bytes] | None:
     return raw.split(b"\0")[:-1] if raw else None
 
 
+def major_faults() -> int:
+    """Major page faults on the whole machine so far: pages read back from disk on first touch."""
+    with open("/proc/vmstat") as f:
+        for line in f:
+            if line.startswith("pgmajfault "):
+                return int(line.split()[1])
+    return 0
+
+
+def proactive_reclaim() -> str | None:
+    """What DAMON, if running, pages out: memory not accessed for a while, file pages included."""
+    found = []
+    for kdamond in _numbered(Path("/sys/kernel/mm/damon/admin/kdamonds")):
+        try:
+            if (kdamond / "state").read_text().strip() != "on":
+                continue
+            for context in _numbered(kdamond / "contexts"):
+                aggregation_us = int((context / "monitoring_attrs/intervals/aggr_us").read_text())
+                for scheme in _numbered(context / "schemes"):
+                    if (scheme / "action").read_text().strip() == "pageout":
+                        idle_s = int((scheme / "access_pattern/age/min").read_text()) * aggregation_us / 1e6
+                        found.append(f"DAMON pages out memory not accessed for {idle_s:g} s")
+        except (OSError, ValueError):
+            continue
+    return "; ".join(found) or None
+
+
+def _numbered(directory: Path) -> list[Path]:
+    """The numbered entries of a DAMON sysfs directory (beside them, counts such as nr_contexts)."""
+    try:
+        return [entry for entry in directory.iterdir() if entry.name.isdigit()]
+    except OSError:
+        return []
+
+
 def all_pids() -> list[int]:
     return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .stats import percentile
+
 NOTES_MARK = "<!-- Everything below this line is kept when the tables above are regenerated. -->"
 ORDER = ("raw", "reconciler", "systemd", "supervisord")
 PEERS = ("raw", "systemd", "supervisord")
@@ -125,6 +127,11 @@ def markdown(res: dict, notes: str) -> str:
         f"{m.get('file_create_us_start', '–')} µs at the start, {m.get('file_create_us_end', '–')} µs at the end. "
         "Files are removed only when the run ends: on ext4 without a journal, recently deleted inodes "
         "make each creation near them cost up to a millisecond",
+        *(
+            [f"- Proactive reclaim: {m['proactive_reclaim']}. A system's files left untouched that long are read "
+             "back from disk at its next start (the major page faults below the converge table)"]
+            if m.get("proactive_reclaim") else []
+        ),  # fmt: skip
         f"- Project: `{v.get('project_commit', '?')}`; " + "; ".join(f"{k}: {val}" for k, val in v.items() if k != "project_commit"),
         f"- Observer: {obs['mode']}"
         + (
@@ -155,6 +162,10 @@ def markdown(res: dict, notes: str) -> str:
             per = conv[n]
             cells = [_cell(per.get(s)) for s in systems] + [_ratio(per.get("reconciler"), per.get(x)) for x in peers]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines += ["", "Major page faults on the whole machine during each converge, median (max): pages read back from disk."]
+        for n in sorted(conv, key=int):
+            counts = [(s, conv[n][s].get("major_faults")) for s in systems if s in conv[n]]
+            lines.append(f"- N = {n}: " + ", ".join(f"{s} {percentile(c, 50):g} ({max(c)})" for s, c in counts if c))
     for key, title in (
         ("add_one", "2. Add one: a unit added with N = {n} running → its child exec'd (median (p99 / max))"),
         ("crash_restart", "3. Crash → restart: SIGKILL one child (N = {n}) → its replacement exec'd (median (p99 / max))"),

@@ -173,6 +173,7 @@ def cold_cycles(bench: Bench, with_converge: bool, with_shutdown: bool) -> None:
     if with_shutdown and s.shutdown_n not in sizes:
         sizes.append(s.shutdown_n)
     converge: dict = {str(n): {} for n in sizes if with_converge}
+    faults: dict = {str(n): {} for n in sizes if with_converge}
     shutdown: dict = {}
     turn = 0
     for rep in range(s.converge_reps):
@@ -181,9 +182,11 @@ def cold_cycles(bench: Bench, with_converge: bool, with_shutdown: bool) -> None:
             for cls in rotated(bench.systems, turn):
                 with bench.running(cls) as system:
                     try:
+                        before = procfs.major_faults()
                         _args, took = bench.converge(system, n)
                         if with_converge and n in s.converge_n:
                             converge[str(n)].setdefault(cls.name, []).append(ms(took))
+                            faults[str(n)].setdefault(cls.name, []).append(procfs.major_faults() - before)
                         if with_shutdown and n == s.shutdown_n:
                             down, exited = measure_shutdown(bench, system)
                             entry = shutdown.setdefault(cls.name, {"children_gone": [], "supervisor_exited": []})
@@ -196,7 +199,11 @@ def cold_cycles(bench: Bench, with_converge: bool, with_shutdown: bool) -> None:
                 f"{name}={v[-1]:.0f}ms" for name, v in converge.get(str(n), {}).items() if v))  # fmt: skip
     if with_converge:
         bench.results["converge"] = {
-            n: {name: {"samples_ms": v, "summary": summary(v)} for name, v in per.items()} for n, per in converge.items()
+            n: {
+                name: {"samples_ms": v, "summary": summary(v), "major_faults": faults[n][name]}
+                for name, v in per.items()
+            }
+            for n, per in converge.items()
         }
     if with_shutdown:
         bench.results["shutdown"] = {

@@ -56,6 +56,7 @@ def test_every_workload_runs_on_the_reconciler_and_the_raw_lower_bound(tmp_path)
     assert set(w) == ALL_WORKLOADS
     for system in ("raw", "reconciler"):
         assert w["converge"]["5"][system]["summary"]["n"] == 1
+        assert len(w["converge"]["5"][system]["major_faults"]) == 1
         assert w["add_one"][system]["summary"]["n"] == 2
         assert w["crash_restart"][system]["summary"]["n"] == 2
         assert w["shutdown"][system]["summary"]["n"] == 1
@@ -66,6 +67,7 @@ def test_every_workload_runs_on_the_reconciler_and_the_raw_lower_bound(tmp_path)
     assert {t["met"] for t in results["targets"]} <= {True, False}
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## Targets (issue 3)" in report and "| reconciler |" in report
+    assert "Major page faults on the whole machine during each converge" in report
 
 
 PEERS = {
