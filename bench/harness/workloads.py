@@ -52,6 +52,7 @@ class Sizes:
     status_reps: int = 10
     plan_n: int = 10_000
     plan_reps: int = 30
+    settle_s: float = 330.0  # at most this long for file creation in the work directory to be quick (run.py)
 
 
 PRESETS = {
@@ -64,7 +65,7 @@ PRESETS = {
     "smoke": Sizes(
         converge_n=(5,), converge_reps=1, churn_n=5, churn_blocks=1, churn_per_block=2, quiet_s=0.02, idle_n=5,
         idle_s=0.5, shutdown_n=5, cron_n=5, cron_reps=1, cron_changed=2, cron_changed_reps=1, status_reps=1,
-        plan_n=50, plan_reps=2,
+        plan_n=50, plan_reps=2, settle_s=0.0,
     ),
 }
 
