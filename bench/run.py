@@ -180,9 +180,8 @@ SETTLE_PROBE_EVERY = 10.0
 def file_create_us(directory: Path, count: int = 200) -> float:
     """Median µs to create an empty file in a fresh directory below `directory` (the files are kept).
 
-    Every supervisor but raw creates its units' log files while it converges; on
-    ext4 without a journal the cost depends on how many inodes nearby were deleted
-    in the last minutes, so it is reported beside the figures it is part of.
+    Every supervisor but raw creates its units' log files while it converges, so the
+    cost is reported beside the figures it is part of (why it varies: settle_file_creation).
     """
     probe = directory / f"create-probe-{time.monotonic_ns()}"
     probe.mkdir(parents=True)

@@ -60,7 +60,7 @@ PRESETS = {
     "quick": Sizes(
         converge_n=(50, 200), converge_reps=2, churn_n=20, churn_blocks=2, churn_per_block=5, idle_n=200,
         idle_s=5.0, shutdown_n=200, cron_n=200, cron_reps=3, cron_changed_reps=2, status_reps=3, plan_n=2000,
-        plan_reps=5,
+        plan_reps=5, settle_s=60.0,
     ),
     "smoke": Sizes(
         converge_n=(5,), converge_reps=1, churn_n=5, churn_blocks=1, churn_per_block=2, quiet_s=0.02, idle_n=5,
