@@ -75,7 +75,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 # What the reconciler's wheel is built from: a change to any of these means a reinstall.
 PROJECT_SOURCES = ("pyproject.toml", "README.md", "reconciler", "drivers")
-NOT_SOURCES = shutil.ignore_patterns("__pycache__", "*.pyc")
+NOT_SOURCES = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")
 
 
 def ensure_venv() -> None:
@@ -117,7 +117,7 @@ def source_digest() -> str:
         top = ROOT / name
         files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
         for path in files:
-            if "__pycache__" in path.parts or path.suffix == ".pyc":
+            if "__pycache__" in path.parts or path.suffix in (".pyc", ".so"):
                 continue
             digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()

@@ -26,6 +26,11 @@ from reconciler.model import Spec
 from . import _linux, _posix_spawn
 from ._keeper import RECORDS_KEPT
 
+try:
+    from ._compiled_spawn import spawn_logged
+except ImportError:  # installed without a C compiler: _spawn_logged does the same in Python
+    spawn_logged = None
+
 SHELL = "/bin/sh"
 SHIM = str(Path(__file__).with_name("shim.sh"))
 LOG_MODE = 0o640
@@ -285,29 +290,39 @@ def spawn_direct(launch: Launch) -> Direct:
     """
     spec = launch.spec
     env = unit_environment(spec)
-    program = find_program(spec, env)
-    fds = []
+    program = os.fsencode(find_program(spec, env))
+    argv = [os.fsencode(arg) for arg in spec.command]
+    envp = [key + b"=" + value for key, value in env.items()]
+    cwd = os.fsencode(spec.cwd)
     try:
-        fds.append(_above_stdio(open_log(launch.stdout_path)))
-        fds.append(_above_stdio(open_log(launch.stderr_path)))
         with spawning():
-            pid = _posix_spawn.spawn(
-                os.fsencode(program),
-                [os.fsencode(arg) for arg in spec.command],
-                [key + b"=" + value for key, value in env.items()],
-                cwd=os.fsencode(spec.cwd),
-                stdout=fds[0],
-                stderr=fds[1],
-            )
-            pidfd, start_ticks = pin_child(pid)
+            started = None
+            if spawn_logged is not None:
+                started = spawn_logged(program, argv, envp, cwd, bytes(launch.stdout_path), bytes(launch.stderr_path))
+            if started is None:  # not compiled here, or a log file it could not open: it started nothing
+                started = _spawn_logged(program, argv, envp, cwd, launch)
     except OSError as exc:
         check_cwd(spec)
         # As under the shim: the file may be fixed without the spec changing, so it is retried.
         raise DriverError(f"{spec.command[0]}: could not be executed: {exc.strerror}") from exc
+    pid, pidfd, start_ticks = started
+    return Direct(pid=pid, start_ticks=start_ticks, pidfd=pidfd)
+
+
+def _spawn_logged(program: bytes, argv: list[bytes], envp: list[bytes], cwd: bytes, launch: Launch) -> tuple[int, int, int]:
+    """What the compiled spawn_logged does, in Python: (pid, pidfd, start ticks).
+
+    A log file that cannot be opened, even once its directory is made, is a DriverError.
+    """
+    fds = []
+    try:
+        fds.append(_above_stdio(open_log(launch.stdout_path)))
+        fds.append(_above_stdio(open_log(launch.stderr_path)))
+        pid = _posix_spawn.spawn(program, argv, envp, cwd=cwd, stdout=fds[0], stderr=fds[1])
     finally:
         for fd in fds:
             os.close(fd)
-    return Direct(pid=pid, start_ticks=start_ticks, pidfd=pidfd)
+    return (pid, *pin_child(pid))
 
 
 def _program(argv: tuple[str, ...], ids: Ids | None) -> tuple[str, list[str]]:

@@ -43,11 +43,26 @@ class Kit:
     # Forge a handle whose pid now belongs to `pid` (a group leader that started at `start_ticks`).
     recycled: Callable[[Handle, int, int], Handle]
     resident: bool = False  # started as by a daemon (Launch.resident), not as by --once
+    # What the kit changes in the driver's modules while a test runs (a way of installing it).
+    variant: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
+
+
+@contextlib.contextmanager
+def _posix_without_compiled_spawn() -> Iterator[None]:
+    """The posix driver as installed where no C compiler was found: direct starts in Python."""
+    from reconciler_drivers import _spawn
+
+    compiled, _spawn.spawn_logged = _spawn.spawn_logged, None
+    try:
+        yield
+    finally:
+        _spawn.spawn_logged = compiled
 
 
 KITS: dict[str, Kit] = {
     "posix": Kit("posix", recycled=_posix_recycled),
     "posix-resident": Kit("posix", recycled=_posix_recycled, resident=True),
+    "posix-resident-python": Kit("posix", recycled=_posix_recycled, resident=True, variant=_posix_without_compiled_spawn),
 }
 
 
@@ -201,23 +216,24 @@ async def running_harness(kit: Kit, root: Path):
     reason = load_driver_class(kit.driver).available()
     if reason is not None:
         pytest.skip(f"driver {kit.driver} cannot run here: {reason}")
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(Reaper().run)
-        h = Harness(kit, root)
-        try:
-            yield h
-        finally:
-            pids = h.kill_all()
-            for driver in h.drivers:
-                await driver.aclose()
-            await wait_until(lambda: not any(map(process_alive, pids)), what="the test's processes to die")
-            # Helpers of the driver's own (an exit keeper) end once their units have: all reaped here.
+    with kit.variant():
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(Reaper().run)
+            h = Harness(kit, root)
             try:
-                await wait_until(lambda: not children(), what="the drivers' helpers to exit")
+                yield h
             finally:
-                for pid in children():
-                    os.kill(pid, signal.SIGKILL)
-            tasks.cancel_scope.cancel()
+                pids = h.kill_all()
+                for driver in h.drivers:
+                    await driver.aclose()
+                await wait_until(lambda: not any(map(process_alive, pids)), what="the test's processes to die")
+                # Helpers of the driver's own (an exit keeper) end once their units have: all reaped here.
+                try:
+                    await wait_until(lambda: not children(), what="the drivers' helpers to exit")
+                finally:
+                    for pid in children():
+                        os.kill(pid, signal.SIGKILL)
+                tasks.cancel_scope.cancel()
 
 
 if sys.platform != "linux":  # the suite reads /proc to check what drivers claim

@@ -1,7 +1,8 @@
 """Facts only the posix driver has: its shim's record, direct starts, /proc details, ids, pidfds.
 
-`posix` runs a test both ways a unit starts (under the shim, as by --once; directly, as by a
-daemon); `shim` and `direct` run it one way only.
+`posix` runs a test every way a unit starts (under the shim, as by --once; directly, as by a
+daemon, with the compiled spawn and without it); `shim` and `direct` run it under the shim only,
+or directly only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 from pathlib import Path
@@ -46,7 +48,7 @@ from .conftest import KITS, children, running_harness
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["posix", "posix-resident"])
+@pytest.fixture(params=["posix", "posix-resident", "posix-resident-python"])
 async def posix(request, tmp_path, anyio_backend):
     async with running_harness(KITS[request.param], tmp_path) as h:
         yield h
@@ -58,9 +60,9 @@ async def shim(tmp_path, anyio_backend):
         yield h
 
 
-@pytest.fixture
-async def direct(tmp_path, anyio_backend):
-    async with running_harness(KITS["posix-resident"], tmp_path) as h:
+@pytest.fixture(params=["posix-resident", "posix-resident-python"])
+async def direct(request, tmp_path, anyio_backend):
+    async with running_harness(KITS[request.param], tmp_path) as h:
         yield h
 
 
@@ -164,6 +166,14 @@ def test_exit_facts_above_128_from_the_record_are_ambiguous():
 )
 def test_find_record(text, key, expected):
     assert find_record(text, key) == expected
+
+
+def test_the_compiled_spawn_is_built_wherever_a_c_compiler_is():
+    """Its build is optional, so a C error would only show here, as a slower driver."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C compiler ({compiler}): the driver starts units in Python")
+    assert _spawn.spawn_logged is not None
 
 
 def test_available_here():
@@ -343,6 +353,15 @@ async def test_log_files_are_created_0640_with_their_directories_and_appended(po
     assert stat.S_IMODE(launch.stderr_path.stat().st_mode) == 0o640
 
 
+async def test_a_log_file_that_cannot_be_opened_is_a_start_error_and_nothing_starts(posix):
+    launch = posix.launch(posix.spec(["sleep", "1000"]))
+    launch.stderr_path.mkdir(parents=True)  # a directory where the file should be
+
+    with pytest.raises(DriverError, match=f"cannot open log file {launch.stderr_path}: Is a directory"):
+        await posix.driver.start(launch)
+    assert not [pid for pid in children() if cmdline(pid) == ["sleep", "1000"]]
+
+
 async def test_the_handle_survives_a_json_round_trip(posix):
     handle = await posix.start(["sleep", "1000"])
     restored = Handle.from_json(orjson.loads(orjson.dumps(handle.to_json())))
@@ -419,7 +438,7 @@ async def test_a_direct_start_runs_in_the_units_cwd_with_its_path_and_inherits_n
     bin_dir = direct.work / "bin"
     bin_dir.mkdir()
     tool = bin_dir / "where"
-    tool.write_text("#!/bin/sh\npwd\nls /proc/$$/fd\n")
+    tool.write_text("#!/bin/sh\npwd\nreadlink /proc/$$/fd/0\nls /proc/$$/fd\n")
     tool.chmod(0o755)
     leaked = os.open(os.devnull, os.O_RDONLY)
     os.set_inheritable(leaked, True)
@@ -429,11 +448,11 @@ async def test_a_direct_start_runs_in_the_units_cwd_with_its_path_and_inherits_n
         os.close(leaked)
     await direct.driver.wait(handle)
     out = direct.state_dir / "logs" / "unit.out"
-    await direct.wait_until(lambda: out.exists() and len(out.read_text().split()) >= 4, what="the output")
+    await direct.wait_until(lambda: out.exists() and len(out.read_text().split()) >= 5, what="the output")
 
     lines = out.read_text().split()
-    assert lines[0] == str(direct.work)
-    assert set(lines[1:]) <= {"0", "1", "2", "10"}  # 10: dash's copy of the script it reads
+    assert lines[:2] == [str(direct.work), os.devnull]
+    assert set(lines[2:]) <= {"0", "1", "2", "10"}  # 10: dash's copy of the script it reads
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,7 @@ def test_every_workload_runs_on_the_reconciler_and_the_raw_lower_bound(tmp_path)
     assert w["cron"]["noop"]["summary"]["n"] == 1
     assert w["plan"]["actions"] == w["plan"]["differences"]
     assert {t["met"] for t in results["targets"]} <= {True, False}
+    assert "the posix driver's spawn" in results["systems"]["reconciler"]["version"]
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## Targets (issue 3)" in report and "| reconciler |" in report
     assert "Major page faults on the whole machine during each converge" in report

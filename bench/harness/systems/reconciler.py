@@ -36,7 +36,14 @@ class Reconciler(System):
     @classmethod
     def version(cls, tools: Tools) -> str:
         out = subprocess.run([tools.exe("reconciler"), "--version"], capture_output=True, text=True)
-        return (out.stdout or out.stderr).strip().splitlines()[-1] if out.returncode == 0 else "unknown"
+        version = (out.stdout or out.stderr).strip().splitlines()[-1] if out.returncode == 0 else "unknown"
+        return f"{version}, {cls.spawn_build(tools)}"
+
+    @staticmethod
+    def spawn_build(tools: Tools) -> str:
+        """Whether the install built the posix driver's direct start in C (it needs a compiler)."""
+        probe = subprocess.run([tools.python, "-c", "import reconciler_drivers._compiled_spawn"], capture_output=True)
+        return "the posix driver's spawn compiled" if probe.returncode == 0 else "the posix driver's spawn in Python (not compiled)"
 
     def __init__(self, tools: Tools, workdir, prefix: str) -> None:
         super().__init__(tools, workdir, prefix)
