@@ -74,7 +74,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 # What the reconciler's wheel is built from: a change to any of these means a reinstall.
-PROJECT_SOURCES = ("pyproject.toml", "README.md", "reconciler", "drivers")
+PROJECT_SOURCES = ("pyproject.toml", "setup.py", "README.md", "reconciler", "drivers")
 NOT_SOURCES = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")
 
 
