@@ -24,4 +24,4 @@ $(STAMP): pyproject.toml setup.py drivers/_compiled_spawn.c
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) .state
+	rm -rf $(VENV) .state build drivers/*.so
