@@ -1,7 +1,8 @@
-"""Turning a Launch into a running shim: checks, log files, ids, and the spawn itself.
+"""Turning a Launch into a running process, directly or under the shim: checks, log files,
+ids, and the spawn itself (a direct one in C where _compiled_spawn was built).
 
 Checks run before anything is spawned so that a spec that can never start
-fails with a permanent DriverError instead of a shim that dies at once.
+fails with a permanent DriverError instead of a process that dies at once.
 """
 
 from __future__ import annotations
