@@ -279,6 +279,8 @@ def main(argv: list[str]) -> int:
     try:
         run_workloads(bench, args.only)
     finally:
+        # The load the workloads left, not the teardown's (every system stopped at once, its files removed).
+        facts["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         bench.teardown_all()
         facts["file_create_us_end"] = file_create_us(workroot)
         observer_facts = observer.describe()
@@ -291,7 +293,6 @@ def main(argv: list[str]) -> int:
         error = f"{len(leaked)} children outlived their system; cgroups left behind: {left_fences}"
         bench.errors.append({"workload": "teardown", "system": "?", "error": error})
 
-    facts["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results = {
         "schema": 1,
         "tag": tag,
